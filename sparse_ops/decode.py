@@ -1,0 +1,266 @@
+"""Sparse SAE decode: ``x_hat = sum_j values[:, j] * W_dec[indices[:, j]] + b_dec``.
+
+Shapes: values [tokens, k] (float), indices [tokens, k] (int64 or int32), W_dec [latents, d_in],
+b_dec [d_in] or None -> x_hat [tokens, d_in] in W_dec's dtype (fp32 accumulation).
+
+Backward: dL/dvalues[t, j] = <dL/dx_hat[t], W_dec[indices[t, j]]> (a gather and a dot per pair),
+dL/dW_dec by a *sorted* scatter-add: the (latent, token) pairs are sorted by latent and each
+latent's segment is reduced by one program, so hot latents cause no atomic contention and the
+result is deterministic. dL/db_dec = dL/dx_hat summed over tokens.
+
+The three sparse primitives below (``gather_sum``, ``gather_dot``, ``segment_sum``) are also the
+building blocks of the fused encoder's backward pass (``sparse_ops/encode.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sparse_ops.dispatch import (
+    check_indices,
+    check_same_device,
+    check_tensor,
+    load_kernels,
+    require,
+    resolve_backend,
+)
+
+# Rows handled per chunk by the PyTorch fallbacks of gather_dot, bounding their [rows, k, d]
+# temporary to about this many elements.
+_TORCH_CHUNK_ELEMENTS = 1 << 24
+
+
+# ----------------------------------------------------------------------------------------------
+# reference
+
+
+def sparse_decode_reference(
+    values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None
+) -> torch.Tensor:
+    """The definition of correct: ``F.embedding_bag(..., mode="sum") + b_dec`` (plain autograd).
+
+    Computed in fp32 and cast to W_dec's dtype. values/indices [tokens, k], W_dec [latents, d].
+    """
+    out = F.embedding_bag(
+        indices.long(), W_dec.float(), per_sample_weights=values.float(), mode="sum"
+    )
+    if b_dec is not None:
+        out = out + b_dec.float()
+    return out.to(W_dec.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# sparse primitives, each with a PyTorch and a Triton implementation
+
+
+def gather_sum(
+    vals: torch.Tensor,
+    idx: torch.Tensor,
+    W: torch.Tensor,
+    bias: torch.Tensor | None,
+    backend: str,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """out[t] = sum_j vals[t, j] * W[idx[t, j]] (+ bias): [T, k] x [L, D] -> [T, D]."""
+    out_dtype = out_dtype or W.dtype
+    if backend == "torch":
+        out = F.embedding_bag(idx.long(), W.float(), per_sample_weights=vals.float(), mode="sum")
+        if bias is not None:
+            out = out + bias.float()
+        return out.to(out_dtype)
+    kernels = load_kernels("decode_kernels")
+    vals, idx, W = vals.contiguous(), idx.contiguous(), W.contiguous()
+    n_rows, k = idx.shape
+    d = W.shape[1]
+    out = torch.empty((n_rows, d), device=W.device, dtype=out_dtype)
+    block_m, block_d = 32, min(128, max(16, _pow2_at_most(d)))
+    grid = (triton_cdiv(n_rows, block_m), triton_cdiv(d, block_d))
+    kernels.gather_sum_kernel[grid](
+        vals, idx, W, bias if bias is not None else W, out,
+        n_rows, k, d,
+        vals.stride(0), idx.stride(0), W.stride(0), out.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_D=block_d,
+    )
+    return out
+
+
+def gather_dot(G: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, backend: str) -> torch.Tensor:
+    """out[t, j] = <G[t], W[idx[t, j]]>: G [T, D], idx [T, k], W [L, D] -> [T, k] fp32."""
+    n_rows, k = idx.shape
+    if backend == "torch":
+        d = W.shape[1]
+        chunk = max(1, _TORCH_CHUNK_ELEMENTS // max(1, k * d))
+        parts = [
+            torch.bmm(W[idx[s : s + chunk]].float(), G[s : s + chunk].float().unsqueeze(-1))
+            .squeeze(-1)
+            for s in range(0, n_rows, chunk)
+        ]
+        return torch.cat(parts) if parts else G.new_zeros((0, k), dtype=torch.float32)
+    kernels = load_kernels("decode_kernels")
+    G, idx, W = G.contiguous(), idx.contiguous(), W.contiguous()
+    d = W.shape[1]
+    out = torch.empty((n_rows, k), device=W.device, dtype=torch.float32)
+    block_m, block_j, block_d = 8, min(16, max(2, _pow2_at_most(k))), 64
+    grid = (triton_cdiv(n_rows, block_m), triton_cdiv(k, block_j))
+    kernels.gather_dot_kernel[grid](
+        G, idx, W, out,
+        n_rows, k, d,
+        G.stride(0), idx.stride(0), W.stride(0), out.stride(0),
+        BLOCK_M=block_m, BLOCK_J=block_j, BLOCK_D=block_d,
+    )
+    return out
+
+
+def segment_sum(
+    vals: torch.Tensor,
+    idx: torch.Tensor,
+    G: torch.Tensor,
+    n_latents: int,
+    backend: str,
+    out_dtype: torch.dtype,
+    with_bias: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scatter-add per latent: out[l] = sum_{(t, j): idx[t, j] = l} vals[t, j] * G[t].
+
+    vals, idx [T, k]; G [T, D] -> (out [L, D] in out_dtype, bias_out [L] fp32 = sum of vals per
+    latent, or None). Both backends sort the pairs by latent first (no atomics on hot rows).
+    """
+    n_rows, k = idx.shape
+    d = G.shape[1]
+    flat_idx = idx.reshape(-1).long()
+    if backend == "torch":
+        rows = torch.arange(n_rows, device=G.device).repeat_interleave(k)
+        pairs = torch.sparse_coo_tensor(
+            torch.stack([flat_idx, rows]),
+            vals.reshape(-1).float(),
+            (n_latents, n_rows),
+            check_invariants=False,  # indices were range-checked by the caller
+        ).coalesce()  # coalesce = sort by (latent, token) and merge duplicates
+        out = torch.sparse.mm(pairs, G.float()).to(out_dtype)
+        bias_out = None
+        if with_bias:
+            bias_out = torch.zeros(n_latents, device=G.device, dtype=torch.float32)
+            bias_out.index_add_(0, flat_idx, vals.reshape(-1).float())
+        return out, bias_out
+    kernels = load_kernels("decode_kernels")
+    order = torch.argsort(flat_idx, stable=True)
+    if order.numel() < 2**31:
+        order = order.to(torch.int32)
+    offsets = torch.zeros(n_latents + 1, device=G.device, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(torch.bincount(flat_idx, minlength=n_latents), 0)
+    if n_rows * k < 2**31:
+        offsets = offsets.to(torch.int32)
+    G = G.contiguous()
+    vals_flat = vals.reshape(-1).contiguous()
+    out = torch.empty((n_latents, d), device=G.device, dtype=out_dtype)
+    bias_out = torch.empty(n_latents, device=G.device, dtype=torch.float32) if with_bias else None
+    block_d = min(128, max(16, _pow2_at_most(d)))
+    grid = (n_latents, triton_cdiv(d, block_d))
+    kernels.segment_sum_kernel[grid](
+        order, offsets, vals_flat, G, out, bias_out if with_bias else out,
+        k, d,
+        G.stride(0), out.stride(0),
+        HAS_BIAS_OUT=with_bias, BLOCK_E=32, BLOCK_D=block_d,
+    )
+    return out, bias_out
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    """Ceiling division for launch grids (kept here so no triton import is needed)."""
+    return -(-a // b)
+
+
+def _pow2_at_most(n: int) -> int:
+    """Largest power of two <= n (n >= 1)."""
+    return 1 << (max(1, int(n)).bit_length() - 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# autograd
+
+
+class SparseDecodeFunction(torch.autograd.Function):
+    """Autograd for sparse decode on either backend (gradients for values, W_dec and b_dec)."""
+
+    @staticmethod
+    def forward(ctx, values, indices, W_dec, b_dec, backend):  # type: ignore[override]
+        ctx.backend = backend
+        ctx.save_for_backward(values, indices, W_dec)
+        ctx.has_bias = b_dec is not None
+        return gather_sum(values, indices, W_dec, b_dec, backend)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        values, indices, W_dec = ctx.saved_tensors
+        grad_values = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_values = gather_dot(grad_out, indices, W_dec, ctx.backend).to(values.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_W, _ = segment_sum(
+                values, indices, grad_out, W_dec.shape[0], ctx.backend, W_dec.dtype
+            )
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            grad_b = grad_out.float().sum(0).to(W_dec.dtype)
+        return grad_values, None, grad_W, grad_b, None
+
+
+# ----------------------------------------------------------------------------------------------
+# public entry point
+
+
+def check_decode_inputs(
+    values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None
+) -> None:
+    """Validate sparse_decode's inputs; raises SparseOpsInputError naming the problem and fix."""
+    check_tensor("values", values, ndim=2)
+    check_tensor("W_dec", W_dec, ndim=2)
+    check_same_device(values=values, indices=indices, W_dec=W_dec, b_dec=b_dec)
+    check_indices("indices", indices, values.shape[0], W_dec.shape[0])
+    require(
+        indices.shape == values.shape,
+        f"indices {tuple(indices.shape)} and values {tuple(values.shape)} must have the same "
+        f"shape [tokens, k]; pass the pair returned by topk_encode",
+    )
+    require(
+        values.dtype == W_dec.dtype,
+        f"values ({values.dtype}) and W_dec ({W_dec.dtype}) must share a dtype; "
+        f"use values.to(W_dec.dtype)",
+    )
+    if b_dec is not None:
+        check_tensor("b_dec", b_dec, ndim=1)
+        require(
+            b_dec.shape[0] == W_dec.shape[1],
+            f"b_dec has {b_dec.shape[0]} entries but W_dec rows have d_in={W_dec.shape[1]}; "
+            f"W_dec must be shaped [latents, d_in] (transpose it if it is [d_in, latents])",
+        )
+        require(
+            b_dec.dtype == W_dec.dtype,
+            f"b_dec ({b_dec.dtype}) and W_dec ({W_dec.dtype}) must share a dtype",
+        )
+
+
+def sparse_decode(
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor | None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Sparse SAE decode ``x_hat[t] = sum_j values[t, j] * W_dec[indices[t, j]] + b_dec``.
+
+    Args:
+        values: [tokens, k] activations (same dtype as W_dec).
+        indices: [tokens, k] latent ids (int64 or int32) in [0, latents).
+        W_dec: [latents, d_in] decoder rows.
+        b_dec: [d_in] or None.
+        backend: "auto" | "triton" | "torch" (see sparse_ops.dispatch).
+
+    Returns:
+        x_hat [tokens, d_in] in W_dec's dtype; differentiable w.r.t. values, W_dec and b_dec.
+    """
+    check_decode_inputs(values, indices, W_dec, b_dec)
+    chosen = resolve_backend(backend, W_dec.device)
+    if values.shape[0] == 0:
+        chosen = "torch"  # nothing to launch
+    return SparseDecodeFunction.apply(values, indices, W_dec, b_dec, chosen)

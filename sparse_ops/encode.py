@@ -1,0 +1,372 @@
+"""Fused SAE encode: ``(values, indices) = topk(ReLU(x @ W_enc.T + b_enc), k)``.
+
+Shapes: x [tokens, d_in], W_enc [latents, d_in], b_enc [latents] or None ->
+values [tokens, k] (x's dtype, sorted descending), indices [tokens, k] int64.
+
+Semantics (both backends, bit for bit the same selection given the same pre-activations):
+
+* pre-activations are accumulated in fp32; the k largest pre-activations are selected and ReLU is
+  applied to their values (the same values as ``torch.topk(relu(pre), k).values``);
+* ties break to the smaller latent index;
+* rows with fewer than k positive pre-activations get value 0 in the remaining slots, and those
+  slots hold the indices of the largest non-positive pre-activations (so every row always lists
+  k distinct latents, and the zero slots carry no gradient).
+
+Backends: the Triton kernel (``sparse_ops/kernels/encode_kernels.py``) never writes the
+[tokens x latents] pre-activation matrix; the PyTorch path computes it in token chunks.
+Backward (both backends) touches only the selected latents:
+
+    g = dL/dvalues * (values > 0)                           [tokens, k]
+    dL/dx      = sum_j g[:, j] * W_enc[indices[:, j]]       (sparse_ops.decode.gather_sum)
+    dL/dW_enc  = per latent, sum of g * x over its tokens   (sparse_ops.decode.segment_sum)
+    dL/db_enc  = per latent, sum of g                       (same pass)
+
+top-AFA (see methods/saes.md): :func:`topafa_select` cuts a top-K_max candidate set per row at its
+own k(x); :func:`topafa_encode` runs the fused encode and the cut.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparse_ops.decode import gather_sum, segment_sum, triton_cdiv
+from sparse_ops.dispatch import (
+    check_same_device,
+    check_same_dtype,
+    check_tensor,
+    load_kernels,
+    next_power_of_two,
+    require,
+    resolve_backend,
+)
+
+# Largest k the Triton kernel accepts (its running set is k rounded up to a power of two).
+TRITON_MAX_K = 1024
+# Elements of the [rows, latents] pre-activation chunk the PyTorch path materializes at once.
+_TORCH_CHUNK_ELEMENTS = 1 << 22
+_LOW32 = 0xFFFFFFFF
+
+
+# ----------------------------------------------------------------------------------------------
+# reference and key packing
+
+
+def topk_encode_reference(
+    x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The definition of correct: ``torch.topk(relu(x @ W_enc.T + b_enc), k)`` in fp32.
+
+    Plain autograd (dense [tokens x latents] gradients: use it for tests, not training).
+    Index order among equal values follows torch.topk (unspecified); compare values, and
+    indices only where the values are distinct and positive.
+    """
+    pre = x.float() @ W_enc.float().T
+    if b_enc is not None:
+        pre = pre + b_enc.float()
+    top = torch.topk(torch.relu(pre), k, dim=1)
+    return top.values.to(x.dtype), top.indices
+
+
+def pack_keys(pre: torch.Tensor, latent_ids: torch.Tensor) -> torch.Tensor:
+    """fp32 [rows, n] and int ids [n] -> int64 keys ordered by (value, smaller id first).
+
+    The same packing as the Triton kernel: the float's bits mapped to an order-preserving int32
+    in the high word, ``0xFFFFFFFF - id`` in the low word.
+    """
+    bits = pre.float().contiguous().view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip the 31 low bits
+    keys = ordered.long()
+    del ordered
+    keys.bitwise_left_shift_(32)
+    keys.bitwise_or_(_LOW32 - latent_ids.long())
+    return keys
+
+
+def unpack_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`pack_keys`: int64 keys -> (fp32 values, int64 latent ids)."""
+    ordered = (keys >> 32).to(torch.int32)
+    bits = ordered ^ ((ordered >> 31) & 0x7FFFFFFF)
+    return bits.view(torch.float32), _LOW32 - (keys & _LOW32)
+
+
+# ----------------------------------------------------------------------------------------------
+# forward implementations (no autograd)
+
+
+def _select_topk_rows(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top k of each row of fp32 pre-activations [rows, latents], ties to the smaller index,
+    ordered by (value descending, index ascending): the kernel's selection and order.
+
+    Fast path: torch.topk on the floats. Rows where the k-th and (k+1)-th values tie (where
+    torch.topk's choice is unspecified) are redone with the packed int64 keys.
+    """
+    n_latents = pre.shape[1]
+    top = torch.topk(pre, min(k + 1, n_latents), dim=1)
+    values, indices = top.values[:, :k], top.indices[:, :k]
+    if k < n_latents:
+        tied = (top.values[:, k - 1] == top.values[:, k]).nonzero().flatten()
+        if tied.numel():
+            ids = torch.arange(n_latents, device=pre.device)
+            redo = unpack_keys(torch.topk(pack_keys(pre[tied], ids), k, dim=1).values)
+            values, indices = values.clone(), indices.clone()
+            values[tied], indices[tied] = redo
+    # equal values inside the selection: smaller index first (stable sort by value after index)
+    by_index = indices.argsort(dim=1)
+    values, indices = values.gather(1, by_index), indices.gather(1, by_index)
+    by_value = values.argsort(dim=1, descending=True, stable=True)
+    return values.gather(1, by_value), indices.gather(1, by_value)
+
+
+def _encode_torch(x, W_enc, b_enc, k) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch forward, token-chunked: pre-activations of one chunk exist at a time.
+
+    Returns fp32 pre-activation values [T, k] (before ReLU) and int64 ids [T, k].
+    """
+    n_rows, n_latents = x.shape[0], W_enc.shape[0]
+    W32 = W_enc.float()
+    chunk = max(1, _TORCH_CHUNK_ELEMENTS // n_latents)
+    values, indices = [], []
+    for s in range(0, n_rows, chunk):
+        pre = x[s : s + chunk].float() @ W32.T
+        if b_enc is not None:
+            pre += b_enc.float()
+        v, i = _select_topk_rows(pre, k)
+        values.append(v)
+        indices.append(i)
+    if not values:
+        return x.new_zeros((0, k), dtype=torch.float32), x.new_zeros((0, k), dtype=torch.int64)
+    return torch.cat(values), torch.cat(indices)
+
+
+def _encode_triton(
+    x, W_enc, b_enc, k, n_splits=None, merge=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton forward: returns fp32 pre-activation values [T, k] (before ReLU) and ids [T, k].
+
+    merge: "bitonic" (tl.topk + bitonic merge; default on CUDA) or "extract" (iterative max
+    extraction; default in the interpreter, where Triton's sort primitives are very slow).
+    """
+    merge = merge or ("bitonic" if x.is_cuda else "extract")
+    kernels = load_kernels("encode_kernels")
+    x, W_enc = x.contiguous(), W_enc.contiguous()
+    n_rows, d_in = x.shape
+    n_latents = W_enc.shape[0]
+    k_pad = next_power_of_two(k)
+    block_n = max(64, k_pad)  # tl.topk needs K_PAD <= BLOCK_N
+    block_m = 64 if k_pad <= 128 else (32 if k_pad <= 256 else 16)
+    block_k = 64 if x.dtype != torch.float32 else 32
+    n_tiles = triton_cdiv(n_latents, block_n)
+    row_blocks = triton_cdiv(n_rows, block_m)
+    if n_splits is None:
+        if x.is_cuda:  # enough programs to fill the GPU twice over
+            sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+            n_splits = min(n_tiles, max(1, triton_cdiv(2 * sms, row_blocks)))
+        else:
+            n_splits = 1
+    tiles_per_split = triton_cdiv(n_tiles, max(1, min(n_splits, n_tiles)))
+    n_splits = triton_cdiv(n_tiles, tiles_per_split)
+    cand = torch.empty((n_rows, n_splits, k_pad), device=x.device, dtype=torch.int64)
+    interp = not x.is_cuda
+    kernels.topk_encode_kernel[(row_blocks, n_splits)](
+        x, W_enc, b_enc if b_enc is not None else W_enc, cand,
+        n_rows, n_latents, d_in, n_tiles, tiles_per_split,
+        x.stride(0), W_enc.stride(0), cand.stride(0), cand.stride(1),
+        HAS_BIAS=b_enc is not None, K_PAD=k_pad,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        CAST_F32=interp and x.dtype == torch.bfloat16,
+        INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        MERGE_BITONIC=merge == "bitonic",
+        **({} if interp else {"num_warps": 8 if block_m * block_n >= 8192 else 4}),
+    )
+    keys = torch.topk(cand.view(n_rows, n_splits * k_pad), k, dim=1).values
+    return unpack_keys(keys)
+
+
+# ----------------------------------------------------------------------------------------------
+# autograd
+
+
+class TopKEncodeFunction(torch.autograd.Function):
+    """Autograd for the fused encode; backward touches only the selected latents."""
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, k, backend, kernel_options):  # type: ignore[override]
+        if backend == "triton":
+            pre_values, indices = _encode_triton(x, W_enc, b_enc, k, **kernel_options)
+        else:
+            pre_values, indices = _encode_torch(x, W_enc, b_enc, k)
+        values = torch.relu(pre_values).to(x.dtype)
+        ctx.backend = backend
+        ctx.has_bias = b_enc is not None
+        ctx.save_for_backward(x, W_enc, values, indices)
+        ctx.mark_non_differentiable(indices)
+        return values, indices
+
+    @staticmethod
+    def backward(ctx, grad_values, _grad_indices):  # type: ignore[override]
+        x, W_enc, values, indices = ctx.saved_tensors
+        g = (grad_values.float() * (values > 0)).contiguous()  # dL/dpre at the selected latents
+        grad_x = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = gather_sum(g, indices, W_enc, None, ctx.backend, out_dtype=x.dtype)
+        want_w = ctx.needs_input_grad[1]
+        want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        if want_w or want_b:
+            grad_W, grad_b = segment_sum(
+                g, indices, x, W_enc.shape[0], ctx.backend, W_enc.dtype, with_bias=want_b
+            )
+            grad_W = grad_W if want_w else None
+            grad_b = grad_b.to(W_enc.dtype) if want_b else None
+        return grad_x, grad_W, grad_b, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# public entry points
+
+
+def check_encode_inputs(
+    x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None, k: int
+) -> None:
+    """Validate topk_encode's inputs; raises SparseOpsInputError naming the problem and fix."""
+    check_tensor("x", x, ndim=2)
+    check_tensor("W_enc", W_enc, ndim=2)
+    if b_enc is not None:
+        check_tensor("b_enc", b_enc, ndim=1)
+    check_same_device(x=x, W_enc=W_enc, b_enc=b_enc)
+    check_same_dtype(x=x, W_enc=W_enc, b_enc=b_enc)
+    n_latents, d_in = W_enc.shape
+    require(
+        x.shape[1] == d_in,
+        f"x has d_in={x.shape[1]} but W_enc is {tuple(W_enc.shape)}; W_enc must be shaped "
+        f"[latents, d_in] (transpose it if it is [d_in, latents])",
+    )
+    if b_enc is not None:
+        require(
+            b_enc.shape[0] == n_latents,
+            f"b_enc has {b_enc.shape[0]} entries but W_enc has {n_latents} latents (rows)",
+        )
+    require(
+        isinstance(k, int) and not isinstance(k, bool),
+        f"k must be an int, got {type(k).__name__}",
+    )
+    require(1 <= k <= n_latents, f"k={k} must be between 1 and the number of latents ({n_latents})")
+    require(n_latents < 2**31 - 1, f"{n_latents} latents exceed the 32-bit latent index")
+
+
+def topk_encode(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor | None,
+    k: int,
+    backend: str = "auto",
+    *,
+    n_splits: int | None = None,
+    merge: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k SAE encode without materializing the [tokens x latents] pre-activations (Triton).
+
+    Args:
+        x: [tokens, d_in] inputs.
+        W_enc: [latents, d_in] encoder rows; b_enc: [latents] or None (same dtype as x).
+        k: number of latents kept per token, 1 <= k <= latents (<= 1024 on the Triton backend).
+        backend: "auto" | "triton" | "torch" (see sparse_ops.dispatch).
+        n_splits: Triton only: split the latents over this many programs per row block (default:
+            enough programs to fill the GPU; 1 on CPU). Results do not depend on it.
+        merge: Triton only: "bitonic" (default on CUDA) or "extract" (default in the
+            interpreter); see sparse_ops/kernels/encode_kernels.py. Results do not depend on it.
+
+    Returns:
+        values [tokens, k] sorted descending (x's dtype; 0 where fewer than k pre-activations are
+        positive) and indices [tokens, k] int64. ``values`` is differentiable w.r.t. x, W_enc and
+        b_enc; gradients touch only the selected latents.
+    """
+    check_encode_inputs(x, W_enc, b_enc, k)
+    chosen = resolve_backend(backend, x.device)
+    if x.shape[0] == 0:
+        chosen = "torch"  # nothing to launch
+    if chosen == "triton":
+        require(
+            k <= TRITON_MAX_K,
+            f"k={k} exceeds the Triton kernel's limit of {TRITON_MAX_K}; use backend='torch'",
+        )
+    require(merge in (None, "bitonic", "extract"), f"merge={merge!r}: use 'bitonic' or 'extract'")
+    require(
+        n_splits is None or (isinstance(n_splits, int) and n_splits >= 1),
+        f"n_splits={n_splits!r} must be a positive int or None",
+    )
+    options = {"n_splits": n_splits, "merge": merge}
+    return TopKEncodeFunction.apply(x, W_enc, b_enc, k, chosen, options)
+
+
+def topafa_select(
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    dec_norms: torch.Tensor,
+    z_norm: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """top-AFA: cut each row of a top-K_max candidate set at its own k(x).
+
+    s_i = (a_i * ||W_dec,i||)^2 sorted descending, C_j = cumulative sums,
+    k(x) = argmin_j |sqrt(C_j) - ||z||| + 1 (first minimum on ties); the k(x) candidates with the
+    largest s stay, the others become 0. When the candidate set is every latent (K_max ==
+    latents) the last C_j is replaced by a large guard value, as in the reference code; with a
+    truncated set no guard is applied, so k(x) == K_max signals that K_max may be too small.
+
+    Args:
+        values: [tokens, K_max] candidate activations (>= 0), e.g. from topk_encode.
+        indices: [tokens, K_max] their latent ids.
+        dec_norms: [latents] decoder row norms ||W_dec,i||.
+        z_norm: [tokens] norms of the encoder input z = x - b_dec.
+
+    Returns:
+        values_masked [tokens, K_max] (same positions as ``values``, differentiable through the
+        kept values; no gradient flows through the choice of k) and k_per_row [tokens] int64.
+    """
+    check_tensor("values", values, ndim=2)
+    check_tensor("dec_norms", dec_norms, ndim=1)
+    check_tensor("z_norm", z_norm, ndim=1)
+    check_tensor("indices", indices, ndim=2, dtypes=(torch.int64, torch.int32))
+    check_same_device(values=values, indices=indices, dec_norms=dec_norms, z_norm=z_norm)
+    require(
+        indices.shape == values.shape,
+        f"indices {tuple(indices.shape)} and values {tuple(values.shape)} must match",
+    )
+    require(
+        z_norm.shape[0] == values.shape[0],
+        f"z_norm has {z_norm.shape[0]} entries but values has {values.shape[0]} rows (tokens)",
+    )
+    with torch.no_grad():
+        scaled = (values.float() * dec_norms.float()[indices.long()]) ** 2
+        s_sorted, order = torch.sort(scaled, dim=1, descending=True, stable=True)
+        cumulative = torch.cumsum(s_sorted, dim=1)
+        if values.shape[1] == dec_norms.shape[0]:
+            cumulative[:, -1] = 1e8
+        gap = (cumulative.sqrt() - z_norm.float()[:, None]).abs()
+        k_per_row = gap.argmin(dim=1) + 1
+        keep_sorted = torch.arange(values.shape[1], device=values.device)[None, :] < k_per_row[:, None]
+        keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
+    return values * keep.to(values.dtype), k_per_row
+
+
+def topafa_encode(
+    z: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor | None,
+    k_max: int,
+    dec_norms: torch.Tensor,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """top-AFA encode: fused top-``k_max`` candidates of ReLU(z W_enc^T + b_enc), then the k(x) cut.
+
+    Args:
+        z: [tokens, d_in] encoder input (x - b_dec after the input standardization).
+        W_enc: [latents, d_in]; b_enc: [latents] or None (the reference top-AFA has none).
+        k_max: candidate set size (the largest k(x) possible).
+        dec_norms: [latents] decoder row norms.
+
+    Returns:
+        values_masked [tokens, k_max], indices [tokens, k_max] int64, k_per_row [tokens] int64.
+    """
+    values, indices = topk_encode(z, W_enc, b_enc, k_max, backend=backend)
+    masked, k_per_row = topafa_select(values, indices, dec_norms, z.detach().float().norm(dim=1))
+    return masked, indices, k_per_row

@@ -25,6 +25,7 @@ def serve_dashboard(host: str = "127.0.0.1", port: int = 8501) -> int:
         "--server.port", str(port),
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
     ]
     typer.echo(f"dashboard: http://{host}:{port}  (lab {lab.root}; Ctrl+C stops it)")
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,8 +11,12 @@ import typer
 from workbench.cli.common import get_lab
 
 
-def serve_dashboard(host: str = "127.0.0.1", port: int = 8501) -> int:
-    """Run the Streamlit dashboard over the current lab until interrupted; returns exit code."""
+def serve_dashboard(host: str = "127.0.0.1", port: int = 8501) -> None:
+    """Replace this process by the Streamlit dashboard over the current lab.
+
+    `exec` rather than a child process, so that a signal to this process (Ctrl+C, a test's
+    terminate) reaches the server itself and leaves nothing running behind.
+    """
     import app as app_package
 
     script = Path(app_package.__file__).parent / "home.py"
@@ -28,10 +31,8 @@ def serve_dashboard(host: str = "127.0.0.1", port: int = 8501) -> int:
         "--client.toolbarMode", "minimal",
     ]
     typer.echo(f"dashboard: http://{host}:{port}  (lab {lab.root}; Ctrl+C stops it)")
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 0
+    sys.stdout.flush()
+    os.execve(sys.executable, cmd, env)
 
 
 def app_command(
@@ -39,7 +40,7 @@ def app_command(
     port: int = typer.Option(8501, help="Port."),
 ) -> None:
     """Start the Streamlit dashboard."""
-    raise typer.Exit(serve_dashboard(host, port))
+    serve_dashboard(host, port)
 
 
 def demo_command(
@@ -52,7 +53,7 @@ def demo_command(
 
     build_default_lab(get_lab(), echo=typer.echo)
     if serve:
-        raise typer.Exit(serve_dashboard(host, port))
+        serve_dashboard(host, port)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,10 +13,10 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	touch $(STAMP)
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/workbench demo
+	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(VENV)/bin/workbench demo
 
 test: setup
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests
+	OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 clean-venv:
 	rm -rf $(VENV)

@@ -66,3 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     except WorkbenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted: run the same command again to resume from the last checkpoint",
+                   err=True)
+        sys.exit(130)

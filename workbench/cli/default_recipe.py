@@ -7,7 +7,7 @@ stopped, and the second run only starts the dashboard):
 2. `default-tok`      byte-level BPE tokenizer (4096 tokens)
 3. `default-lm`       tiny LM (2 layers x 128) trained on the corpus
 4. `default-acts`     activations at the middle of the LM (blocks.0.hook_resid_post)
-5. `default-lang-probe`  language-ID probe on those activations
+5. `default-lang-probe`  language-ID probe at that hook (validated on held-out documents)
 6. `default-topk`, `default-topafa`  a TopK and a top-AFA SAE trained in one pass, each with its
    evaluation (eval.json) and feature statistics (Parquet)
 
@@ -105,7 +105,8 @@ def _acts(lab: Lab, r: DefaultRecipe) -> None:
 def _probe(lab: Lab, r: DefaultRecipe) -> None:
     from workbench.probes import ProbeRun, run_probe
 
-    run_probe(lab, r.probe, ProbeRun(model=r.lm, hook=r.hook, corpus=r.corpus, acts=r.acts,
+    # from the live model: each document read in its own context, validated on held-out text
+    run_probe(lab, r.probe, ProbeRun(model=r.lm, hook=r.hook, corpus=r.corpus,
                                      n_tokens=r.probe_tokens))
 
 

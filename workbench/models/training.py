@@ -360,10 +360,15 @@ def _prepare_data(store: ResumeStore, corpus: Corpus, tok_name: str, tok_created
     """Token streams (cached), the training sampler, validation sequences, unigram baseline."""
     streams = {}
     for split in ("train", "validation"):
-        key = f"{corpus.name}@{corpus.artifact.created}|{tok_name}@{tok_created}|{split}"
+        # Training documents are shuffled (seeded) before packing: corpora come grouped by
+        # language, and packed windows would otherwise teach that the language carries over
+        # from one document to the next.
+        shuffle_seed = cfg.seed if split == "train" else None
+        key = (f"{corpus.name}@{corpus.artifact.created}|{tok_name}@{tok_created}|{split}"
+               f"|shuffle={shuffle_seed}")
         streams[split] = cached_stream(
             store.work_dir / f"tokens_{split}.safetensors", key, tok,
-            lambda split=split: corpus.texts(split),
+            lambda split=split, seed=shuffle_seed: _documents(corpus, split, seed),
         )
     val_sequences = pack_sequences(streams["validation"], n_ctx, tok.bos_token_id)
     if len(val_sequences) == 0:
@@ -377,6 +382,15 @@ def _prepare_data(store: ResumeStore, corpus: Corpus, tok_name: str, tok_created
     baseline = unigram_baseline(train_targets, val_final[:, 1:], len(tok))
     return _Data(sampler, val_final, spread_rows(val_sequences, cfg.eval_sequences),
                  baseline.entropy_train, baseline.val_loss, int(streams["train"].numel()))
+
+
+def _documents(corpus: Corpus, split: str, shuffle_seed: int | None) -> list[str]:
+    """The split's texts, in a seeded random order when `shuffle_seed` is given."""
+    texts = corpus.texts(split)
+    if shuffle_seed is None:
+        return texts
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(shuffle_seed))
+    return [texts[i] for i in order.tolist()]
 
 
 def _make_optimizer(model: torch.nn.Module, cfg: LMTrainConfig) -> torch.optim.AdamW:

@@ -60,12 +60,12 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ARCHITECTURES",
+    "SAETrainConfig",
     "StructuredSAE",
     "StructuredSAEConfig",
     "TopAFASAE",
     "TopAFASAEConfig",
     "import_sae",
     "load_sae",
-    "SAETrainConfig",
     "train_saes",
 ]

@@ -1,0 +1,231 @@
+"""The sparse encode/decode ops the trainer runs, chosen per device.
+
+Two implementations of one contract (sparse_ops' `topk_encode` / `sparse_decode` and its
+gradient primitives `gather_sum` / `segment_sum`):
+
+- `SPARSE_OPS`: sparse_ops' dispatch (`backend="auto"`: Triton kernels on CUDA, its PyTorch
+  reference elsewhere). Used on GPUs, and on CPU when asked (`kernels="sparse_ops"`).
+- `CPU`: the same math tuned for a few CPU cores, the trainer's default on CPU:
+    encode  dense x W_enc^T into a reused buffer (the one unavoidable matmul), then an exact
+            two-level top-k (latent j belongs to block j mod n_blocks; the k blocks with the
+            largest maxima hold the top k, so one topk over k * block_size candidates finishes)
+    decode  embedding_bag over the selected decoder rows
+    grads   touch only the selected latents: per-latent sums by one sort + embedding_bag,
+            dL/dvalues by ATen's embedding_bag per-sample-weight backward (no [n, k, d] copy)
+  Values come back unsorted within a row (callers must not rely on order).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import sparse_ops
+from sparse_ops.decode import gather_sum as _sparse_ops_gather_sum
+from sparse_ops.decode import segment_sum as _sparse_ops_segment_sum
+from sparse_ops.dispatch import resolve_backend
+from sparse_ops.encode import TRITON_MAX_K
+
+KERNEL_CHOICES = ("auto", "cpu", "sparse_ops")
+
+
+@dataclass(frozen=True)
+class SparseKernels:
+    """topk_encode(x, W, b, k) -> (values, indices); sparse_decode(values, indices, W, b) -> x_hat;
+    gather_sum(vals, idx, W) -> [n, d]; segment_sum(vals, idx, G, rows, with_bias) -> ([rows, d],
+    [rows] | None). Shapes as in sparse_ops (W [latents, d_in])."""
+
+    name: str
+    topk_encode: Callable
+    sparse_decode: Callable
+    gather_sum: Callable
+    segment_sum: Callable
+
+
+def kernels_for(device: torch.device, choice: str = "auto") -> SparseKernels:
+    """The implementation for `device`: "auto" = CPU kernels on CPU, sparse_ops elsewhere."""
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"unknown kernels {choice!r}; use one of {KERNEL_CHOICES}")
+    if choice == "sparse_ops" or (choice == "auto" and torch.device(device).type != "cpu"):
+        return SPARSE_OPS
+    return CPU
+
+
+# ----------------------------------------------------------------------------------------------
+# sparse_ops adapters
+
+
+def _so_topk_encode(x, W, b, k):
+    """sparse_ops' encode; widths beyond the Triton kernel's k limit (wide top-AFA / BatchTopK
+    candidate sets) take its PyTorch path on the same device."""
+    return sparse_ops.topk_encode(x, W, b, int(k), backend="torch" if k > TRITON_MAX_K else "auto")
+
+
+def _so_gather_sum(vals, idx, W):
+    return _sparse_ops_gather_sum(vals, idx, W, None, resolve_backend("auto", W.device))
+
+
+def _so_segment_sum(vals, idx, G, rows, with_bias):
+    backend = resolve_backend("auto", G.device)
+    return _sparse_ops_segment_sum(vals, idx, G, rows, backend, G.dtype, with_bias=with_bias)
+
+
+SPARSE_OPS = SparseKernels("sparse_ops", _so_topk_encode, sparse_ops.sparse_decode,
+                           _so_gather_sum, _so_segment_sum)
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU primitives
+
+
+def cpu_gather_sum(vals: torch.Tensor, idx: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """out[n] = sum_j vals[n, j] * W[idx[n, j]]: [n, K] x [L, d] -> [n, d]."""
+    return F.embedding_bag(idx, W, per_sample_weights=vals, mode="sum")
+
+
+def cpu_segment_sum(
+    vals: torch.Tensor, idx: torch.Tensor, G: torch.Tensor, rows: int, with_bias: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """out[l] = sum over (n, j) with idx[n, j] = l of vals[n, j] * G[n] -> [rows, d]
+    (and the per-latent sums of vals [rows] when with_bias), by sorting the pairs by latent."""
+    k = idx.shape[1]
+    flat = idx.reshape(-1)
+    flat_vals = vals.reshape(-1)
+    order, offsets = _sorted_by_latent(idx, rows)
+    out = F.embedding_bag(order // k, G, offsets, per_sample_weights=flat_vals[order], mode="sum")
+    bias = None
+    if with_bias:
+        bias = torch.zeros(rows, dtype=vals.dtype, device=vals.device).index_add_(0, flat, flat_vals)
+    return out, bias
+
+
+_LAST_SORT: list = []  # [(weakref to idx, version, rows, order, offsets)]: encode and decode
+                       # backward share one sort of the same indices
+
+
+def _sorted_by_latent(idx: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, offsets): positions of idx.flatten() sorted by latent, and each latent's start."""
+    if _LAST_SORT:
+        ref, version, n, order, offsets = _LAST_SORT[0]
+        if ref() is idx and version == idx._version and n == rows:
+            return order, offsets
+    flat = idx.reshape(-1)
+    order = torch.argsort(flat.to(torch.int32) if rows < 2**31 else flat, stable=True)
+    counts = torch.bincount(flat, minlength=rows)
+    offsets = torch.cumsum(counts, 0) - counts
+    _LAST_SORT[:] = [(weakref.ref(idx), idx._version, rows, order, offsets)]
+    return order, offsets
+
+
+def cpu_gather_dot(G: torch.Tensor, idx: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """out[n, j] = <G[n], W[idx[n, j]]>: [n, d], [n, K], [L, d] -> [n, K] (no [n, K, d] copy)."""
+    n, k = idx.shape
+    offsets = torch.arange(0, n * k, k, device=idx.device)
+    offset2bag = torch.arange(n, device=idx.device).repeat_interleave(k)
+    out = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        G, W, idx.reshape(-1), offsets, offset2bag, 0, -1)
+    return out.view(n, k)
+
+
+def exact_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top k of each row of pre [n, L] -> (values [n, k], indices [n, k]), rows unsorted.
+
+    Two-level when it pays: latents are split into n_blocks = L / b strided blocks (latent j in
+    block j mod n_blocks); any latent outside the k blocks with the largest maxima is beaten by
+    those k maxima, so the top k lies among the k * b candidates of those blocks (exact up to
+    ties). Falls back to torch.topk when L is not a multiple of the block size or k is large.
+    """
+    n, L = pre.shape
+    block = next((b for b in (8, 4) if L % b == 0 and 4 * k * b <= L), None)
+    if block is None:
+        return torch.topk(pre, k, dim=1, sorted=False)
+    n_blocks = L // block
+    block_max = pre.view(n, block, n_blocks).amax(dim=1)
+    blocks = torch.topk(block_max, k, dim=1, sorted=False).indices
+    cand = (blocks.unsqueeze(-1) + torch.arange(0, L, n_blocks, device=pre.device)).view(n, -1)
+    values, pos = torch.topk(pre.gather(1, cand), k, dim=1, sorted=False)
+    return values, cand.gather(1, pos)
+
+
+_WORKSPACE: dict[tuple, torch.Tensor] = {}
+
+
+def _workspace(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+    """A reused [rows, cols] buffer for pre-activations (one flat buffer per dtype and device,
+    grown as needed): a fresh 64 MB tensor per step costs page faults comparable to a third of
+    the matmul. Only valid until the next call."""
+    key = (like.dtype, like.device)
+    buf = _WORKSPACE.get(key)
+    if buf is None or buf.numel() < rows * cols:
+        buf = _WORKSPACE[key] = torch.empty(rows * cols, dtype=like.dtype, device=like.device)
+    return buf[: rows * cols].view(rows, cols)
+
+
+def release_workspace() -> None:
+    """Free the pre-activation buffer (end of training)."""
+    _WORKSPACE.clear()
+    _LAST_SORT.clear()
+
+
+class _CPUTopKEncode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W, b, k):  # type: ignore[override]
+        pre = _workspace(x.shape[0], W.shape[0], x)
+        if b is not None:
+            torch.addmm(b, x, W.T, out=pre)
+        else:
+            torch.mm(x, W.T, out=pre)
+        values, indices = exact_topk(pre, k)
+        values = values.relu_()
+        ctx.has_bias = b is not None
+        ctx.save_for_backward(x, W, values, indices)
+        ctx.mark_non_differentiable(indices)
+        return values, indices
+
+    @staticmethod
+    def backward(ctx, grad_values, _grad_indices):  # type: ignore[override]
+        x, W, values, indices = ctx.saved_tensors
+        g = (grad_values * (values > 0)).contiguous()
+        grad_x = cpu_gather_sum(g, indices, W) if ctx.needs_input_grad[0] else None
+        grad_W = grad_b = None
+        want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1] or want_b:
+            grad_W, grad_b = cpu_segment_sum(g, indices, x, W.shape[0], want_b)
+        return grad_x, grad_W, grad_b, None
+
+
+class _CPUSparseDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, indices, W, b):  # type: ignore[override]
+        ctx.has_bias = b is not None
+        ctx.save_for_backward(values, indices, W)
+        out = cpu_gather_sum(values, indices, W)
+        return out + b if b is not None else out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        values, indices, W = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_values = cpu_gather_dot(grad_out, indices, W) if ctx.needs_input_grad[0] else None
+        grad_W = None
+        if ctx.needs_input_grad[2]:
+            grad_W, _ = cpu_segment_sum(values, indices, grad_out, W.shape[0])
+        grad_b = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return grad_values, None, grad_W, grad_b
+
+
+def cpu_topk_encode(x, W_enc, b_enc, k):
+    """(values, indices) = top-k of ReLU(x W_enc^T + b_enc): [n, d], [L, d], [L] -> [n, k] x2."""
+    return _CPUTopKEncode.apply(x, W_enc, b_enc, int(k))
+
+
+def cpu_sparse_decode(values, indices, W_dec, b_dec):
+    """x_hat = sum_j values[:, j] W_dec[indices[:, j]] + b_dec -> [n, d]."""
+    return _CPUSparseDecode.apply(values, indices, W_dec, b_dec)
+
+
+CPU = SparseKernels("cpu", cpu_topk_encode, cpu_sparse_decode, cpu_gather_sum, cpu_segment_sum)

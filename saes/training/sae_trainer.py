@@ -1,0 +1,226 @@
+"""`SAETrainer`: one SAE, one optimizer, one step per global batch.
+
+    trainer = SAETrainer(cfg.resolved(d_in), d_in, device, reducer)
+    trainer.initialize(first_batch)          # normalization scale, b_dec (fresh runs only)
+    trainer.step(batch)                      # [batch_size, d_in] raw activations
+    trainer.state_dict() / load_state_dict() # checkpoints
+    trainer.export(metadata)                 # -> sae_lens.SAE with normalization folded in
+
+Each step: normalize this rank's rows, compute the loss terms (losses.py), backpropagate, sum
+gradients over ranks, project the decoder gradient, set the scheduled learning rate, Adam,
+renormalize decoder rows, and update the dead-latent counters. A non-finite loss stops training
+with TrainingDivergedError before the update, so the weights (and checkpoints) stay good.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import Any
+
+import torch
+from sae_lens import SAE
+
+from saes.training.architectures import build_trainable
+from saes.training.config import SAETrainConfig
+from saes.training.distributed import Reducer
+from saes.training.kernels import kernels_for
+from saes.training.losses import LossContext, global_sq_dev
+from saes.training.normalization import InputNormalizer
+from workbench.errors import InvalidInputError, WorkbenchError
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingDivergedError(WorkbenchError):
+    """The loss or the activations became NaN/inf; training stopped before the bad update."""
+
+
+class SAETrainer:
+    """Trains one SAE (see module doc). `cfg` must be resolved (`cfg.resolved(d_in)`)."""
+
+    def __init__(self, cfg: SAETrainConfig, d_in: int, device: torch.device, reducer: Reducer):
+        self.cfg = cfg
+        self.d_in = d_in
+        self.device = torch.device(device)
+        self.reducer = reducer
+        self.model = build_trainable(cfg, d_in).to(self.device).train()
+        self.model.kernels = kernels_for(self.device, cfg.kernels)
+        self.normalizer = InputNormalizer(cfg.normalize)  # type: ignore[arg-type]
+        self.params = list(self.model.parameters())
+        self.optimizer = torch.optim.Adam(
+            self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), fused=True)
+        units = self.model.n_units
+        self.steps_done = 0
+        self.seconds = 0.0
+        self.tokens_since_fired = torch.zeros(units, dtype=torch.int64, device=self.device)
+        self.window_counts = torch.zeros(units, dtype=torch.int64, device=self.device)
+        self.window_tokens = 0
+        self.last_window: tuple[torch.Tensor, int] | None = None
+        self.recent: deque[dict[str, float]] = deque(maxlen=max(1, cfg.total_steps // 20))
+        self.latest: dict[str, float] = {}
+        self.init_sae: SAE | None = None  # start from this sae-lens SAE (config init_from)
+
+    # -- schedule ------------------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.total_steps
+
+    @property
+    def done(self) -> bool:
+        return self.steps_done >= self.total_steps
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, constant, then linear decay to 0 over the last decay_fraction."""
+        cfg = self.cfg
+        warmup = max(1, int(cfg.warmup_tokens) // cfg.batch_size)  # type: ignore[arg-type]
+        decay = round(cfg.decay_fraction * self.total_steps)
+        factor = min(1.0, (step + 1) / warmup)
+        if decay > 0:
+            factor = min(factor, (self.total_steps - step) / decay)
+        return float(cfg.lr) * max(factor, 0.0)  # type: ignore[arg-type]
+
+    # -- training ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def initialize(self, x_global: torch.Tensor) -> None:
+        """Data-dependent init from the first global batch (identical on every rank)."""
+        x = x_global.to(self.device, torch.float32)
+        self.normalizer.fit(x)
+        if self.init_sae is not None:
+            self.model.load_sae_lens(self.init_sae, self.normalizer.scale or 1.0)
+        else:
+            self.model.init_from_data(self.normalizer(x))
+        self.reducer.broadcast_(self.params + list(self.model.buffers()))
+
+    def dead_mask(self) -> torch.Tensor:
+        """bool [units]: silent for at least the dead window."""
+        return self.tokens_since_fired >= int(self.cfg.dead_window_tokens)  # type: ignore[arg-type]
+
+    def step(self, x_global: torch.Tensor) -> dict[str, float]:
+        """One optimizer step on a global batch [batch_size, d_in]; returns its metrics."""
+        start = time.perf_counter()
+        n_global = x_global.shape[0]
+        x = self.normalizer(self.reducer.shard(x_global.to(self.device, torch.float32)))
+        ctx = LossContext(global_sq_dev(x, n_global, self.reducer), n_global, self.dead_mask(),
+                          self.reducer)
+        self.optimizer.zero_grad(set_to_none=True)
+        result = self.model.step(x, ctx)
+        if self.reducer.any(not bool(torch.isfinite(result.loss)), self.device):
+            raise TrainingDivergedError(
+                f"SAE {self.cfg.name!r}: the loss became NaN/inf at step {self.steps_done} "
+                f"(token {self.steps_done * self.cfg.batch_size}); training stopped before the bad "
+                f"update and the last good checkpoint is kept. Lower the learning rate "
+                f"(--lr, now {self.cfg.lr:.3g}) and rerun to resume, or --restart"
+            )
+        result.loss.backward()
+        self.reducer.sum_grads_(self.params)
+        self.model.remove_parallel_grad()
+        lr = self.lr_at(self.steps_done)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.model.after_optimizer_step()
+        metrics = self._track(result, ctx, n_global)
+        metrics["lr"] = lr
+        self.steps_done += 1
+        self.seconds += time.perf_counter() - start
+        return metrics
+
+    @torch.no_grad()
+    def _track(self, result, ctx: LossContext, n_global: int) -> dict[str, float]:
+        fired = self.reducer.sum(result.fired.to(torch.int64))
+        names = sorted(result.terms)
+        totals = self.reducer.sum(torch.stack(
+            [result.sse.float(), result.active.float()] + [result.terms[k].float() for k in names]))
+        self.tokens_since_fired += n_global
+        self.tokens_since_fired[fired > 0] = 0
+        self.window_counts += fired
+        self.window_tokens += n_global
+        if self.window_tokens >= int(self.cfg.dead_window_tokens):  # type: ignore[arg-type]
+            self.last_window = (self.window_counts.clone(), self.window_tokens)
+            self.window_counts.zero_()
+            self.window_tokens = 0
+        values = totals.tolist()
+        metrics = {
+            "fvu": values[0] / float(ctx.variance),
+            "l0": values[1] / n_global,
+            "dead_fraction": float(self.dead_mask().float().mean()),
+            **{f"loss_{k}": v for k, v in zip(names, values[2:])},
+            **result.stats,
+        }
+        self.recent.append(metrics)
+        self.latest = metrics
+        return metrics
+
+    # -- results -------------------------------------------------------------------------------
+    def firing_frequency(self) -> torch.Tensor:
+        """Per-unit firing frequency over the last full dead window (or what there is) [units]."""
+        counts, tokens = self.window_counts, self.window_tokens
+        if self.last_window is not None and tokens < int(self.cfg.dead_window_tokens) // 2:
+            counts, tokens = self.last_window[0] + counts, self.last_window[1] + tokens
+        return counts.double().cpu() / max(tokens, 1)
+
+    def final_metrics(self) -> dict[str, float]:
+        """Training metrics averaged over the last 5% of steps, plus totals."""
+        keys = self.recent[-1].keys() if self.recent else []
+        avg = {k: sum(m[k] for m in self.recent) / len(self.recent) for k in keys}
+        tokens = self.steps_done * self.cfg.batch_size
+        avg.update({
+            "dead_fraction": float(self.dead_mask().float().mean()),
+            "tokens": tokens,
+            "steps": self.steps_done,
+            "train_seconds": round(self.seconds, 3),
+            "tokens_per_s": tokens / self.seconds if self.seconds > 0 else math.nan,
+        })
+        avg.pop("lr", None)
+        return {"train_" + k if k in ("fvu", "l0") else k: v for k, v in avg.items()}
+
+    @torch.no_grad()
+    def export(self, metadata: dict[str, Any]) -> SAE:
+        """The trained SAE as a sae-lens object taking raw activations (scale folded in)."""
+        sae = self.model.export(self.normalizer.sae_lens_mode, metadata)
+        if self.normalizer.mode == "dataset":
+            sae.fold_activation_norm_scaling_factor(float(self.normalizer.scale))  # type: ignore[arg-type]
+        return sae
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def params_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.params)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.training_identity(),
+            "steps_done": self.steps_done,
+            "seconds": self.seconds,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "tokens_since_fired": self.tokens_since_fired.cpu(),
+            "window_counts": self.window_counts.cpu(),
+            "window_tokens": self.window_tokens,
+            "last_window": (None if self.last_window is None
+                            else [self.last_window[0].cpu(), self.last_window[1]]),
+            "recent": list(self.recent),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], where: str) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("config") != self.cfg.training_identity():
+            raise InvalidInputError(
+                f"the checkpoint {where} was made with a different configuration of "
+                f"{self.cfg.name!r}; rerun with the same options to resume, or pass --restart to "
+                "start over"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.steps_done = int(state["steps_done"])
+        self.seconds = float(state["seconds"])
+        self.tokens_since_fired = state["tokens_since_fired"].to(self.device)
+        self.window_counts = state["window_counts"].to(self.device)
+        self.window_tokens = int(state["window_tokens"])
+        last = state["last_window"]
+        self.last_window = None if last is None else (last[0].to(self.device), int(last[1]))
+        self.recent.extend(state["recent"])
+        self.latest = self.recent[-1] if self.recent else {}

@@ -1,0 +1,74 @@
+"""`workbench bench ...`: benchmarks.
+
+    workbench bench sae-train --vs sae-lens [--tokens 2000000]   our SAE trainer vs sae-lens'
+    workbench bench kernels                                       sparse_ops kernels (bench_kernels.py)
+    workbench bench sae-quality ...                               SAE quality (bench_quality_cmds.py)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from workbench.cli.common import echo_json, get_lab
+from workbench.cli.sae_cmds import passive_openmp
+from workbench.errors import InvalidInputError
+
+bench_app = typer.Typer(help="Benchmarks: SAE training speed, kernels, SAE quality.",
+                        no_args_is_help=True)
+
+
+@bench_app.command("sae-train")
+def sae_train(
+    vs: str = typer.Option("sae-lens", "--vs", help="Baseline trainer (sae-lens)."),
+    tokens: int = typer.Option(2_000_000, "--tokens", help="Training tokens per run."),
+    modes: str = typer.Option("cache,live", "--modes",
+                              help="cache (both from the same activation cache), live (both from "
+                                   "the same live model), or both."),
+    model: str = typer.Option(None, "--model",
+                              help="Lab model (default: one with d_model 256, else a random one)."),
+    corpus: str = typer.Option(None, "--corpus", help="Corpus (default: the lab's first)."),
+    latents: int = typer.Option(4096, "--latents", help="SAE latents."),
+    k: int = typer.Option(32, "--k", help="TopK k."),
+    batch_size: int = typer.Option(4096, "--batch-size", help="Tokens per step."),
+    eval_tokens: int = typer.Option(65536, "--eval-tokens", help="Held-out evaluation tokens."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Train the same TopK SAE with our trainer and with sae-lens's, on the same activations."""
+    passive_openmp()
+    from saes.bench_train import BenchTrainConfig, format_report, run_benchmark
+
+    if vs != "sae-lens":
+        raise InvalidInputError(f"--vs {vs!r}: the only baseline is sae-lens")
+    chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    if not chosen or set(chosen) - {"cache", "live"}:
+        raise InvalidInputError(f"--modes {modes!r}: use cache, live or cache,live")
+    cfg = BenchTrainConfig(tokens=tokens, modes=tuple(chosen), model=model, corpus=corpus,
+                           latents=latents, k=k, batch_size=batch_size, eval_tokens=eval_tokens,
+                           threads=threads)
+    report = run_benchmark(get_lab(), cfg, echo=typer.echo)
+    if as_json:
+        echo_json(report)
+    else:
+        typer.echo(format_report(report))
+
+
+def _add_optional(module: str) -> None:
+    """Let another area's module add its bench commands (skipped until it exists)."""
+    try:
+        mod = importlib.import_module(f"workbench.cli.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"workbench.cli.{module}":
+            raise
+        return
+    mod.register(bench_app)
+
+
+for _module in ("bench_kernels", "bench_quality_cmds"):
+    _add_optional(_module)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")

@@ -47,13 +47,7 @@ def _root(
 
 def _register_areas() -> None:
     for module in AREA_MODULES:
-        try:
-            mod = importlib.import_module(f"workbench.cli.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"workbench.cli.{module}":
-                continue  # area not built yet
-            raise
-        mod.register(app)
+        importlib.import_module(f"workbench.cli.{module}").register(app)
 
 
 _register_areas()

@@ -66,7 +66,7 @@ def small_lm_setup(root: Path, n_ctx: int = 64, seed: int = 0):
     return lab, corpus, model.eval()
 
 
-def build_tiny_lab(root: Path, chars_per_language: int = 30_000, lm_steps: int = 150,
+def build_tiny_lab(root: Path, chars_per_language: int = 30_000, lm_steps: int = 400,
                    acts_tokens: int = 20_000) -> Lab:
     """A small lab built end to end with the real components:
 

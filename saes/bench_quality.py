@@ -139,8 +139,23 @@ def matched_l0(rows: list[BenchRow]) -> list[dict[str, Any]]:
     return out
 
 
-def verdict(matches: list[dict[str, Any]]) -> str:
-    """One honest paragraph on whether top-AFA matches TopK/BatchTopK at matched L0."""
+def non_monotone_families(rows: list[BenchRow]) -> list[str]:
+    """Baseline families whose NMSE rises somewhere as L0 grows: a sign of undertrained SAEs at
+    the larger k, which makes the matched-L0 reference too weak there."""
+    notes = []
+    for family in ("topk", "batchtopk"):
+        points = sorted((r.metrics["l0"], r.metrics["nmse"], r.setting) for r in rows
+                        if r.family == family)
+        best = min(points, key=lambda p: p[1], default=None)
+        if best is not None and any(b[1] > a[1] for a, b in itertools.pairwise(points)):
+            notes.append(f"{family} NMSE is lowest at {best[2]} ({best[1]:.4g}) and rises for "
+                         f"larger k (up to {points[-1][1]:.4g} at {points[-1][2]})")
+    return notes
+
+
+def verdict(matches: list[dict[str, Any]], caveats: list[str] | None = None) -> str:
+    """One honest paragraph on whether top-AFA matches TopK/BatchTopK at matched L0; `caveats`
+    (e.g. from `non_monotone_families`) are appended."""
     comparable = sorted((m for m in matches if m.get("ratio_to_topk") is not None),
                         key=lambda m: m["afa_lambda"])
     skipped = [f"{m['setting']} (L0 {m['l0']:.1f})" for m in matches
@@ -179,6 +194,10 @@ def verdict(matches: list[dict[str, Any]]) -> str:
                      f"(worst: {worst['setting']}, x{worst['ratio_to_topk']:.2f}).")
     if skipped:
         text += f" Outside the TopK L0 range, not compared: {', '.join(skipped)}."
+    if caveats:
+        text += (" Caveat: " + "; ".join(caveats) + ", so the larger-k baselines are "
+                 "undertrained at this budget and the comparison at high L0 is against a weak "
+                 "reference; train longer (--tokens) before drawing conclusions there.")
     return text
 
 
@@ -223,7 +242,7 @@ def run_quality_bench(lab: Lab, config: QualityBenchConfig, echo=print) -> dict[
         "rows": [{"name": r.name, "family": r.family, "setting": r.setting, **r.metrics}
                  for r in rows],
         "matched_l0": matches,
-        "verdict": verdict(matches),
+        "verdict": verdict(matches, non_monotone_families(rows)),
     }
     from saes.evaluation.lab_runs import json_safe
 

@@ -9,6 +9,7 @@ from saes.bench_quality import (
     QualityBenchConfig,
     interpolate_log_log,
     matched_l0,
+    non_monotone_families,
     sweep_configs,
     verdict,
 )
@@ -44,6 +45,15 @@ def test_verdict_says_so_when_top_afa_is_worse_or_out_of_range():
     text = verdict(matched_l0(_rows([(1 / 16, 20.0, 0.5), (1 / 32, 500.0, 0.01)])))
     assert "does NOT reproduce" in text and "not compared" in text and "L0 500.0" in text
     assert "No top-AFA SAE" in verdict(matched_l0(_rows([(1 / 16, 500.0, 0.01)])))
+
+
+def test_undertrained_baseline_is_flagged():
+    rows = _rows([(1 / 16, 20.0, 0.2)])
+    assert non_monotone_families(rows) == []
+    rows[3].metrics["nmse"] = 0.5  # k=64 worse than k=32: larger k undertrained
+    notes = non_monotone_families(rows)
+    assert len(notes) == 1 and "k=32" in notes[0] and "k=64" in notes[0]
+    assert "Caveat" in verdict(matched_l0(rows), notes)
 
 
 def test_sweep_has_every_family_with_shared_stream_settings():

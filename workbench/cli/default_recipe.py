@@ -43,10 +43,10 @@ class DefaultRecipe:
     sae_latents: int = 2048
     sae_k: int = 32
     sae_afa_lambda: float = 1.0 / 32
-    sae_tokens: int = 800_000
+    sae_tokens: int = 400_000
     sae_batch_size: int = 2048
     eval_tokens: int = 16_384
-    stats_tokens: int = 100_000
+    stats_tokens: int = 50_000
 
 
 def build_default_lab(lab: Lab, echo: Callable[[str], None] = print,

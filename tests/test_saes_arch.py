@@ -3,6 +3,8 @@ SAE's group sparsity, and the trainer's sparse paths against the inference class
 
 from __future__ import annotations
 
+from collections import deque
+
 import pytest
 import torch
 from sae_lens import SAE
@@ -172,3 +174,13 @@ def test_registered_architectures_load_through_sae_lens(tmp_path):
         assert type(loaded) is type(sae)
         x = torch.randn(9, 8)
         torch.testing.assert_close(loaded(x), sae(x), rtol=0, atol=0)
+
+
+def test_final_metrics_average_loss_terms_that_come_and_go():
+    t, _ = _trainer("topk", steps=1)
+    t.recent = deque(maxlen=10)
+    t.recent.extend([{"fvu": 0.2, "l0": 4.0, "loss_recon": 0.2},
+                     {"fvu": 0.4, "l0": 4.0, "loss_recon": 0.4, "loss_auxk": 0.1}])
+    metrics = t.final_metrics()
+    assert metrics["train_fvu"] == pytest.approx(0.3)
+    assert metrics["loss_auxk"] == pytest.approx(0.05)

@@ -162,9 +162,13 @@ class SAETrainer:
         return counts.double().cpu() / max(tokens, 1)
 
     def final_metrics(self) -> dict[str, float]:
-        """Training metrics averaged over the last 5% of steps, plus totals."""
-        keys = self.recent[-1].keys() if self.recent else []
-        avg = {k: sum(m[k] for m in self.recent) / len(self.recent) for k in keys}
+        """Training metrics averaged over the last 5% of steps, plus totals. A loss term absent
+        from a step (AuxK with no dead latents) counts as 0 there."""
+        keys = sorted({k for m in self.recent for k in m})
+        avg = {}
+        for k in keys:
+            values = [m[k] for m in self.recent if k in m]
+            avg[k] = sum(values) / (len(self.recent) if k.startswith("loss_") else len(values))
         tokens = self.steps_done * self.cfg.batch_size
         avg.update({
             "dead_fraction": float(self.dead_mask().float().mean()),

@@ -24,8 +24,7 @@ from safetensors import SafetensorError
 import saes  # noqa: F401  (registers our architectures with sae-lens)
 from workbench.device import resolve_device
 from workbench.errors import InvalidInputError, NotFoundError, WorkbenchError
-from workbench.lab import (Artifact, Lab, default_lab_root, read_json, validate_name,
-                           write_json)
+from workbench.lab import Artifact, Lab, default_lab_root, read_json, validate_name, write_json
 
 
 def load_sae(spec: str | Path, lab: Lab | None = None, device: Any = None) -> SAE:

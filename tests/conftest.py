@@ -17,7 +17,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))  # `from fixtures_lab import ...`
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ def run_cli(*args: str, lab=None) -> subprocess.CompletedProcess:
     if lab is not None:
         env["WORKBENCH_LAB"] = str(lab)
     return subprocess.run([sys.executable, "-m", "workbench.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_help_lists_every_area():
@@ -61,9 +61,10 @@ def test_unknown_model_name(tiny_lab):
 
 def test_sae_width_mismatch_is_a_clear_error(tiny_lab):
     """SAE trained on one width, evaluated against activations of another width."""
+    import torch
+
     from saes.training.config import SAETrainConfig
     from saes.training.trainer import train_saes
-    import torch
 
     wide = torch.randn(4096, 64)
     train_saes(tiny_lab, SAETrainConfig(name="cli-wide-sae", arch="topk", latents=128, k=4,

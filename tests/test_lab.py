@@ -32,15 +32,13 @@ def test_failed_write_leaves_nothing_and_keeps_old(tmp_path):
     lab = Lab(tmp_path / "lab")
     with lab.new_artifact("analysis", "keep") as art:
         (art.path / "v").write_text("1")
-    with pytest.raises(RuntimeError):
-        with lab.new_artifact("analysis", "keep", overwrite=True) as art:
-            (art.path / "v").write_text("2")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), lab.new_artifact("analysis", "keep", overwrite=True) as art:
+        (art.path / "v").write_text("2")
+        raise RuntimeError("crash mid-write")
     assert (lab.get("keep").path / "v").read_text() == "1"
     assert list((lab.root / "tmp").iterdir()) == []
-    with pytest.raises(RuntimeError):
-        with lab.new_artifact("analysis", "never") as art:
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), lab.new_artifact("analysis", "never") as art:
+        raise RuntimeError("crash")
     assert not lab.exists("never")
     with pytest.raises(NotFoundError, match="available: keep"):
         lab.get("never")
@@ -50,9 +48,8 @@ def test_existing_name_needs_overwrite(tmp_path):
     lab = Lab(tmp_path / "lab")
     with lab.new_artifact("analysis", "x"):
         pass
-    with pytest.raises(InvalidInputError, match="already exists"):
-        with lab.new_artifact("analysis", "x"):
-            pass
+    with pytest.raises(InvalidInputError, match="already exists"), lab.new_artifact("analysis", "x"):
+        pass
 
 
 @pytest.mark.parametrize("bad", ["../evil", "a/b", "..", ".hidden", "", "x" * 101, "a..b", "/abs"])
@@ -60,9 +57,8 @@ def test_invalid_names_rejected(tmp_path, bad):
     lab = Lab(tmp_path / "lab")
     with pytest.raises(InvalidInputError, match="invalid artifact name"):
         validate_name(bad)
-    with pytest.raises(InvalidInputError):
-        with lab.new_artifact("analysis", bad):
-            pass
+    with pytest.raises(InvalidInputError), lab.new_artifact("analysis", bad):
+        pass
     assert not (tmp_path / "evil").exists()
 
 
@@ -111,10 +107,9 @@ def test_two_processes_write_catalog_at_once(tmp_path):
 
 def test_job_context_records_failure(tmp_path):
     lab = Lab(tmp_path / "lab")
-    with pytest.raises(ValueError):
-        with lab.job("train", "j", total=10) as job:
-            job.update(3, force=True, loss=1.0)
-            raise ValueError("boom")
+    with pytest.raises(ValueError), lab.job("train", "j", total=10) as job:
+        job.update(3, force=True, loss=1.0)
+        raise ValueError("boom")
     (row,) = lab.jobs("j")
     assert row["status"] == "failed" and "boom" in row["message"] and row["step"] == 3
 

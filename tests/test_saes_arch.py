@@ -184,3 +184,13 @@ def test_final_metrics_average_loss_terms_that_come_and_go():
     metrics = t.final_metrics()
     assert metrics["train_fvu"] == pytest.approx(0.3)
     assert metrics["loss_auxk"] == pytest.approx(0.05)
+
+
+def test_batchtopk_exported_threshold_keeps_k_per_token_on_average():
+    """The saved JumpReLU threshold is calibrated on the final weights: on the calibration
+    batch the inference SAE keeps k latents per token on average."""
+    t, x = _trainer("batchtopk", steps=4)
+    sae = t.export({"model_name": "m", "hook_name": "blocks.0.hook_resid_post"}, last_batch=x)
+    with torch.no_grad():
+        l0 = (sae.encode(x) > 0).sum(-1).float().mean()
+    assert abs(float(l0) - 4) <= 0.05 * 4

@@ -40,9 +40,8 @@ def _worker(rank: int, world: int, init_file: str, lab_root: str) -> None:
 def test_two_processes_match_one(tmp_path):
     single = Lab(tmp_path / "single")
     train_saes(single, _configs(), tensor_source(_data(), "m", "h"), progress=False)
-    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path / "ddp")), nprocs=2,
-             join=True)
-    ddp = Lab(tmp_path / "ddp")
+    ddp = Lab(tmp_path / "ddp")  # the catalog exists before both ranks open it
+    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(ddp.root)), nprocs=2, join=True)
     for cfg in _configs():
         one = SAE.load_from_disk(single.get(cfg.name).path).state_dict()
         two = SAE.load_from_disk(ddp.get(cfg.name).path).state_dict()

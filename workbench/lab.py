@@ -29,10 +29,11 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from workbench.errors import InvalidInputError, NotFoundError, WorkbenchError
 
@@ -370,7 +371,7 @@ class Lab:
 
     # -- jobs -------------------------------------------------------------------------------
     def start_job(self, kind: str, name: str, config: dict[str, Any] | None = None,
-                  total: int = 0) -> "Job":
+                  total: int = 0) -> Job:
         now = time.time()
         with self._write() as con:
             cur = con.execute(
@@ -383,7 +384,7 @@ class Lab:
 
     @contextmanager
     def job(self, kind: str, name: str, config: dict[str, Any] | None = None,
-            total: int = 0) -> Iterator["Job"]:
+            total: int = 0) -> Iterator[Job]:
         """Run a block as a catalogued job: 'done' on success, 'failed'/'interrupted' otherwise."""
         job = self.start_job(kind, name, config, total)
         try:

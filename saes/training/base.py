@@ -112,6 +112,9 @@ class TrainableSAE(nn.Module):
         """x_hat [n, d_in] of (normalized) rows x, as the exported SAE computes it."""
         raise NotImplementedError
 
+    def finalize(self, x: torch.Tensor) -> None:
+        """Last adjustments before export, given a (normalized) training batch [n, d_in]."""
+
     # -- export --------------------------------------------------------------------------------
     def export(self, normalize_activations: str, metadata: dict[str, Any]) -> SAE:
         """The trained SAE as a sae-lens object (CPU, float32, eval mode)."""

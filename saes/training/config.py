@@ -47,7 +47,9 @@ class SAETrainConfig:
         groups, group_size, k_groups: structured SAE (G groups of m values, k_G kept).
         sparsity_coefficient: L1 weight (relu) or L0 weight (jumprelu); None = per-arch default.
         jumprelu_bandwidth, jumprelu_init_threshold: JumpReLU straight-through estimator.
-        batchtopk_threshold_ema: EMA rate of the BatchTopK inference threshold.
+        batchtopk_threshold_ema: EMA rate of the BatchTopK inference threshold (None:
+            max(0.01, 20 / steps), so it reflects about the last 5% of training, when the
+            weights have settled; a slower EMA over a short run remembers early thresholds).
     Data and optimization:
         tokens: training tokens; batch_size: tokens per step (the global batch under DDP).
         lr: Adam learning rate (None: 2e-4 * sqrt(16384 / latents), as EleutherAI sparsify).
@@ -78,7 +80,7 @@ class SAETrainConfig:
     sparsity_coefficient: float | None = None
     jumprelu_bandwidth: float = 0.05
     jumprelu_init_threshold: float = 0.5
-    batchtopk_threshold_ema: float = 0.01
+    batchtopk_threshold_ema: float | None = None
     tokens: int = 2_000_000
     batch_size: int = 4096
     lr: float | None = None
@@ -116,6 +118,8 @@ class SAETrainConfig:
             cfg.normalize = "token" if cfg.arch == "topafa" else "dataset"
         if cfg.sparsity_coefficient is None and cfg.arch in DEFAULT_SPARSITY:
             cfg.sparsity_coefficient = DEFAULT_SPARSITY[cfg.arch]
+        if cfg.batchtopk_threshold_ema is None:
+            cfg.batchtopk_threshold_ema = min(1.0, max(0.01, 20 / cfg.total_steps))
         if cfg.k_aux is None:
             cfg.k_aux = max(1, d_in // 2)
         if cfg.dead_window_tokens is None:

@@ -154,15 +154,31 @@ def exact_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 _WORKSPACE: dict[tuple, torch.Tensor] = {}
 
 
-def _workspace(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
-    """A reused [rows, cols] buffer for pre-activations (one flat buffer per dtype and device,
-    grown as needed): a fresh 64 MB tensor per step costs page faults comparable to a third of
-    the matmul. Only valid until the next call."""
-    key = (like.dtype, like.device)
+def _workspace(rows: int, cols: int, like: torch.Tensor, slot: str = "pre") -> torch.Tensor:
+    """A reused [rows, cols] buffer (one flat buffer per slot, dtype and device, grown as
+    needed): a fresh 64 MB pre-activation tensor per step costs page faults comparable to a
+    third of the matmul. Only valid until the next call."""
+    key = (slot, like.dtype, like.device)
     buf = _WORKSPACE.get(key)
     if buf is None or buf.numel() < rows * cols:
         buf = _WORKSPACE[key] = torch.empty(rows * cols, dtype=like.dtype, device=like.device)
     return buf[: rows * cols].view(rows, cols)
+
+
+def dense_preactivations(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x W^T + b [n, L] into the reused buffer. The bias rides along as an extra input column
+    of ones ([x, 1] [W, b]^T): one GEMM, where addmm would first copy b into all n x L outputs."""
+    pre = _workspace(x.shape[0], W.shape[0], x)
+    if b is None:
+        return torch.mm(x, W.T, out=pre)
+    n, d = x.shape
+    x1 = _workspace(n, d + 1, x, "x1")
+    x1[:, :d] = x
+    x1[:, d] = 1.0
+    wb = _workspace(W.shape[0], d + 1, W, "wb")
+    wb[:, :d] = W
+    wb[:, d] = b
+    return torch.mm(x1, wb.T, out=pre)
 
 
 def release_workspace() -> None:
@@ -174,12 +190,7 @@ def release_workspace() -> None:
 class _CPUTopKEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W, b, k):  # type: ignore[override]
-        pre = _workspace(x.shape[0], W.shape[0], x)
-        if b is not None:
-            torch.addmm(b, x, W.T, out=pre)
-        else:
-            torch.mm(x, W.T, out=pre)
-        values, indices = exact_topk(pre, k)
+        values, indices = exact_topk(dense_preactivations(x, W, b), k)
         values = values.relu_()
         ctx.has_bias = b is not None
         ctx.save_for_backward(x, W, values, indices)

@@ -181,8 +181,13 @@ class SAETrainer:
         return {"train_" + k if k in ("fvu", "l0") else k: v for k, v in avg.items()}
 
     @torch.no_grad()
-    def export(self, metadata: dict[str, Any]) -> SAE:
-        """The trained SAE as a sae-lens object taking raw activations (scale folded in)."""
+    def export(self, metadata: dict[str, Any], last_batch: torch.Tensor | None = None) -> SAE:
+        """The trained SAE as a sae-lens object taking raw activations (scale folded in).
+
+        last_batch: a raw training batch [n, d_in] for final calibration (BatchTopK threshold).
+        """
+        if last_batch is not None:
+            self.model.finalize(self.normalizer(last_batch.to(self.device, torch.float32)))
         sae = self.model.export(self.normalizer.sae_lens_mode, metadata)
         if self.normalizer.mode == "dataset":
             sae.fold_activation_norm_scaling_factor(float(self.normalizer.scale))  # type: ignore[arg-type]

@@ -113,7 +113,8 @@ class BatchTopKTrainable(SparseCodeSAE):
     candidates (width = 4k, doubled on demand); the batch threshold is the (k*B)-th largest
     candidate, which is the true one unless some row kept all of its candidates, in which case
     width grows and the step is redone. The inference threshold is an EMA of the batch threshold
-    (the smallest kept value); the SAE is saved as sae_lens.JumpReLUSAE with that threshold.
+    (the smallest kept value), recalibrated on the last batch with the final weights
+    (`finalize`); the SAE is saved as sae_lens.JumpReLUSAE with that threshold.
     """
 
     def __init__(self, cfg, d_in):
@@ -137,6 +138,14 @@ class BatchTopKTrainable(SparseCodeSAE):
             self.width.fill_(min(self.cfg.latents, 2 * width))
         self._update_threshold(float(threshold))
         return SparseCode(values * keep, indices, stats={"threshold": float(self.threshold)})
+
+    @torch.no_grad()
+    def finalize(self, x: torch.Tensor) -> None:
+        """Set the inference threshold from the final weights: the (k*n)-th largest ReLU
+        pre-activation of a training batch (the EMA lags behind weights that still move)."""
+        pre = torch.relu(torch.addmm(self.b_enc, x - self.b_dec, self.W_enc.T)).flatten()
+        n_keep = min(int(self.cfg.k) * x.shape[0], pre.numel())
+        self.threshold.fill_(float(torch.kthvalue(pre, pre.numel() - n_keep + 1).values))
 
     def load_extra_state_from_sae_lens(self, state, scale):
         if "threshold" in state:  # a JumpReLU SAE: its (mean) threshold starts the EMA

@@ -271,7 +271,7 @@ def write_sae_artifact(lab: Lab, t: SAETrainer, src: ActivationSource, overwrite
                        check_batch: torch.Tensor | None) -> Artifact:
     """Save trainer `t`'s SAE as an `sae` artifact, after checking the saved copy reproduces it."""
     cfg = t.cfg
-    sae = t.export(sae_metadata(t, src))
+    sae = t.export(sae_metadata(t, src), check_batch)
     with lab.new_artifact("sae", cfg.name, parents=src.parents, config=cfg.to_dict(),
                           overwrite=overwrite) as art:
         sae.save_model(art.path)

@@ -17,7 +17,7 @@ def build(
     recipe: str = typer.Option(
         None, "--recipe", help="Recipe name in data/recipes/ or a .json path (default: default)."
     ),
-    source: list[str] = typer.Option(
+    source: list[str] = typer.Option(  # noqa: B008 (typer's declaration style)
         None, "--source",
         help="Build from sources instead of a recipe (repeatable): local:PATH, hf:NAME[:CONFIG], "
              "fortunes:LANG, guide:LANG.",

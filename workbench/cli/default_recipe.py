@@ -17,8 +17,8 @@ This lives in the CLI layer because it reaches into every package (core, saes).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from workbench.lab import Lab
 

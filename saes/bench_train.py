@@ -1,7 +1,11 @@
 """`workbench bench sae-train --vs sae-lens`: our SAE trainer against sae-lens's, same SAE, same data.
 
 The SAE: TopK, d_in = the model's width at the hook (256 for the `small` preset), 4096 latents,
-k = 32, batch 4096, same lr schedule, same token budget. Two modes, run in one go:
+k = 32, batch 4096, same warm-up/decay schedule, same token budget. Each trainer uses its own
+default learning rate (ours: `SAETrainConfig` default, 2e-3 for 4096 latents; sae-lens: its
+default 3e-4, which its 0.1-norm decoder init and decoder-norm rescaling turn into a larger
+effective rate), because one number means different step sizes in the two parametrizations.
+Two modes, run in one go:
 
 - cache: both train from the same cached activations (ours: the lab's activation shards;
   sae-lens: the same rows written in its cached-activations format, a Hugging Face dataset with
@@ -53,6 +57,7 @@ class BenchTrainConfig:
     context_size: int = 128
     threads: int | None = None
     seed: int = 0
+    sae_lens_lr: float = 3e-4  # sae-lens's LanguageModelSAERunnerConfig default
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,7 +209,7 @@ def run_sae_lens(cfg: BenchTrainConfig, model, hook: str, d_in: int, windows: to
         cached_activations_path=str(cached_path) if cached_path else None,
         training_tokens=steps * cfg.batch_size, train_batch_size_tokens=cfg.batch_size,
         store_batch_size_prompts=32, n_batches_in_buffer=64,
-        lr=float(ours.lr), lr_warm_up_steps=max(1, int(ours.warmup_tokens) // cfg.batch_size),
+        lr=cfg.sae_lens_lr, lr_warm_up_steps=max(1, int(ours.warmup_tokens) // cfg.batch_size),
         lr_decay_steps=round(ours.decay_fraction * steps),
         dead_feature_window=max(1, int(ours.dead_window_tokens) // cfg.batch_size),
         feature_sampling_window=max(1, int(ours.dead_window_tokens) // cfg.batch_size),
@@ -307,6 +312,7 @@ def run_benchmark(lab: Lab, cfg: BenchTrainConfig, echo: Callable[[str], None] =
         "hook": hook,
         "d_in": d_in,
         "threads": torch.get_num_threads(),
+        "lr": {"ours": _our_lr(cfg, d_in), "sae-lens": cfg.sae_lens_lr},
         **machine,
         "matmul_ms_measurements": [round(m["matmul_ms"], 2) for m in timings],
         "encoder_bound_tokens_per_s": bound,
@@ -320,6 +326,13 @@ def run_benchmark(lab: Lab, cfg: BenchTrainConfig, echo: Callable[[str], None] =
     }
 
 
+def _our_lr(cfg: BenchTrainConfig, d_in: int) -> float:
+    from saes.training import SAETrainConfig
+
+    return float(SAETrainConfig(name="x", arch="topk", latents=cfg.latents, k=cfg.k,
+                                tokens=cfg.tokens, batch_size=cfg.batch_size).resolved(d_in).lr)
+
+
 def _ratio(runs: list[dict[str, Any]], mode: str) -> float:
     by = {r["trainer"]: r["tokens_per_s"] for r in runs if r["mode"] == mode}
     return by["ours"] / by["sae-lens"]
@@ -329,6 +342,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         (f"model: {report['model']}, hook {report['hook']}, d_in {report['d_in']}, "
          f"threads {report['threads']}"),
+        (f"learning rates: ours {report['lr']['ours']:.2g}, sae-lens {report['lr']['sae-lens']:.2g} "
+         "(each trainer's default)"),
         (f"dense matmul [{report['config']['batch_size']} x {report['d_in']}] @ "
          f"[{report['d_in']} x {report['config']['latents']}]: {report['matmul_ms']:.1f} ms = "
          f"{report['matmul_gflops']:.1f} GFLOP/s (best of {report['matmul_ms_measurements']} ms)"),

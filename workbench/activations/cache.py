@@ -41,10 +41,10 @@ PROGRESS_FILE = "cache_progress.json"
 @dataclass
 class CacheConfig:
     """What to cache. `model_batch_size` windows of `context_size` tokens go through the model
-    at once; `seed` fixes the document order (documents are shuffled so that a prefix of a
-    corpus stored language by language still mixes all languages); `packing` is "concat"
-    (sae-lens style, no padding) or "document" (each document in contexts of its own); see
-    `windows.py`."""
+    at once (None: `default_model_batch_size`, about 1k tokens on CPU); `seed` fixes the
+    document order (documents are shuffled so that a prefix of a corpus stored language by
+    language still mixes all languages); `packing` is "concat" (sae-lens style, no padding) or
+    "document" (each document in contexts of its own); see `windows.py`."""
 
     hook: str
     n_tokens: int
@@ -52,7 +52,7 @@ class CacheConfig:
     split: str = "train"
     shard_tokens: int = 65536
     dtype: str = "float32"
-    model_batch_size: int = 16
+    model_batch_size: int | None = None
     seed: int = 0
     shuffle_documents: bool = True
     packing: str = "concat"
@@ -63,7 +63,7 @@ class CacheConfig:
             raise InvalidInputError(f"unknown packing {self.packing!r}; use one of {PACKINGS}")
         for field_name in ("n_tokens", "context_size", "shard_tokens", "model_batch_size"):
             value = getattr(self, field_name)
-            if value < 1:
+            if value is not None and value < 1:
                 raise InvalidInputError(f"{field_name} must be positive, got {value}")
 
 
@@ -85,7 +85,7 @@ def cache_activations(
     split: str = "train",
     shard_tokens: int = 65536,
     dtype: str = "float32",
-    model_batch_size: int = 16,
+    model_batch_size: int | None = None,
     seed: int = 0,
     packing: str = "concat",
     device=None,

@@ -16,7 +16,7 @@ import torch
 
 from workbench.activations.batching import fixed_batches, limit_rows, shuffled_batches
 from workbench.activations.extract import hook_activations
-from workbench.activations.windows import iter_window_batches
+from workbench.activations.windows import default_model_batch_size, iter_window_batches
 from workbench.data.store import Corpus
 from workbench.device import resolve_device
 from workbench.errors import InvalidInputError
@@ -69,7 +69,7 @@ def iter_activation_chunks(
     corpus: Corpus,
     split: str = "train",
     context_size: int = 128,
-    model_batch_size: int = 16,
+    model_batch_size: int | None = None,
     shuffle_documents: bool = True,
     seed: int = 0,
     skip_tokens: int = 0,
@@ -82,10 +82,13 @@ def iter_activation_chunks(
     through the model (resuming a cache); of the batch that straddles the boundary only the
     tokens after it are kept.
     Chunks are moved to `device` (None: stay on the model's device). `packing`: "concat" or
-    "document" (see `windows.py`).
+    "document" (see `windows.py`). `model_batch_size`: windows per forward pass (None:
+    `default_model_batch_size`, about 1k tokens on CPU).
     """
     validate_hook(model, hook)
     check_context_size(model, context_size)
+    if model_batch_size is None:
+        model_batch_size = default_model_batch_size(context_size, model.cfg.device)
     tokenizer = _tokenizer(model)
     documents = iter_documents(corpus, split, shuffle_documents, seed)
     to_skip = skip_tokens
@@ -117,8 +120,8 @@ def iter_live_batches(
     split: str = "train",
     seed: int = 0,
     shuffle: bool = True,
-    buffer_batches: int = 4,
-    model_batch_size: int = 16,
+    buffer_batches: int = 8,
+    model_batch_size: int | None = None,
     epochs: int | None = 1,
     max_tokens: int | None = None,
     device: str | torch.device | None = None,
@@ -129,9 +132,12 @@ def iter_live_batches(
 
     Documents are visited in a new seeded order each epoch (`epochs=None`: forever); rows are
     shuffled within a buffer of `buffer_batches` model batches (model_batch_size windows of
-    context_size tokens each). Stops after `max_tokens` rows when given.
+    context_size tokens each; None: `default_model_batch_size`). Stops after `max_tokens` rows
+    when given.
     """
     target = resolve_device(device)
+    if model_batch_size is None:
+        model_batch_size = default_model_batch_size(context_size, model.cfg.device)
     capacity = buffer_batches * model_batch_size * context_size
     generator = torch.Generator().manual_seed(seed)
 
@@ -158,7 +164,7 @@ def collect_activations(
     n_tokens: int,
     split: str = "train",
     context_size: int = 128,
-    model_batch_size: int = 16,
+    model_batch_size: int | None = None,
     seed: int = 0,
     packing: str = "document",
 ) -> ActivationChunk:

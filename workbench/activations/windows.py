@@ -62,6 +62,20 @@ class WindowBatch:
         return int(self.is_text.sum())
 
 
+CPU_TOKENS_PER_FORWARD = 1024
+"""Tokens per forward pass on CPU when the caller does not say: measured on the `small` preset
+(4 x 256, context 128) on 2 cores, 8 windows run 1.46x faster than 16 (41k vs 28k tokens/s),
+because the attention intermediates of a smaller batch stay in the CPU caches."""
+GPU_TOKENS_PER_FORWARD = 32768
+
+
+def default_model_batch_size(context_size: int, device: str | torch.device | None) -> int:
+    """Windows of `context_size` tokens per forward pass: about 1k tokens on CPU, 32k on GPU."""
+    on_cpu = torch.device(device or "cpu").type == "cpu"
+    tokens = CPU_TOKENS_PER_FORWARD if on_cpu else GPU_TOKENS_PER_FORWARD
+    return max(1, tokens // max(1, int(context_size)))
+
+
 def bos_token_id(tokenizer) -> int:
     """The tokenizer's BOS id (its EOS id when it has no BOS, as in GPT-2)."""
     for attr in ("bos_token_id", "eos_token_id"):

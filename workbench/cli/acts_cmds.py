@@ -21,7 +21,9 @@ def cache(
     dtype: str = typer.Option("float32", help="Stored dtype: float32, float16 or bfloat16."),
     name: str = typer.Option(None, help="Artifact name (default <model>-<hook>-acts)."),
     shard_tokens: int = typer.Option(65536, help="Tokens per shard file."),
-    batch_size: int = typer.Option(16, help="Context windows per model forward pass."),
+    batch_size: int = typer.Option(
+        None, help="Context windows per model forward pass (default: about 1k tokens on CPU, "
+                   "32k on GPU)."),
     seed: int = typer.Option(0, help="Seed of the document order."),
     packing: str = typer.Option("concat", help="concat: documents joined into full windows "
                                 "(sae-lens style); document: each document in its own windows."),

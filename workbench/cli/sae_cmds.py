@@ -11,9 +11,12 @@ SAEs. The evaluation commands (`sae eval`, `sae stats`, ...) come from sae_eval_
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,13 +111,53 @@ def _fmt(value: Any) -> Any:
     return f"{value:.4g}" if isinstance(value, float) else value
 
 
-def _common(acts, live_model, hook, corpus, context_size, groups, group_size, tokens, batch_size,
-            lr, normalize, k_aux, dead_window, seed, device, kernels, threads) -> _Common:
-    return _Common(acts, live_model, hook, corpus, context_size, groups, group_size, tokens,
-                   batch_size, lr, normalize, k_aux, dead_window, seed, device, kernels, threads)
+def _option(name: str, kind: type, default: Any, help_text: str) -> inspect.Parameter:
+    flag = "--" + name.replace("_", "-")
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                             default=typer.Option(default, flag, help=help_text))
+
+
+SOURCE_OPTIONS = [
+    _option("acts", str, None, "Activations artifact to train on."),
+    _option("live_model", str, None, "Train from this model live."),
+    _option("hook", str, None, "Hook point (with --live-model)."),
+    _option("corpus", str, None, "Corpus (with --live-model)."),
+    _option("context_size", int, 128, "Live: tokens per window."),
+    _option("groups", int, None, "Structured: number of groups G."),
+    _option("group_size", int, None, "Structured: values per group m."),
+    _option("tokens", int, 2_000_000, "Training tokens."),
+    _option("batch_size", int, 4096, "Tokens per step (global)."),
+    _option("lr", float, None, "Adam lr (default 1e-3*sqrt(16384/latents))."),
+    _option("normalize", str, None, "none | token | dataset (default: token for topafa)."),
+    _option("k_aux", int, None, "AuxK latents (default d_in/2)."),
+    _option("dead_window", int, None, "Dead after this many tokens."),
+    _option("seed", int, 0, "Init and data-order seed."),
+    _option("device", str, None, "cpu, cuda, ... (default: CUDA if any)."),
+    _option("kernels", str, "auto", "auto | cpu | sparse_ops."),
+    _option("threads", int, None, "torch CPU threads."),
+]
+"""The options `sae train` and `sae sweep` share (fields of _Common, in that order)."""
+
+
+def with_source_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command(..., opts: _Common)` the SOURCE_OPTIONS as command-line options: they are
+    appended to its signature (before its own last three: --overwrite, --restart, --json) and
+    handed to it packed in `opts`."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "opts"]
+    names = [p.name for p in SOURCE_OPTIONS]
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> None:
+        opts = _Common(**{name: kwargs.pop(name) for name in names})
+        command(opts=opts, **kwargs)
+
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+    run.__signature__ = inspect.Signature(params[:-3] + SOURCE_OPTIONS + params[-3:])  # type: ignore[attr-defined]
+    return run
 
 
 @sae_app.command("train")
+@with_source_options
 def train(
     name: str = typer.Option(..., "--name", help="Name of the new sae artifact."),
     arch: str = typer.Option("topk", "--arch",
@@ -127,34 +170,15 @@ def train(
                                         help="L1 (relu) / L0 (jumprelu) weight."),
     init_from: str = typer.Option(None, "--init-from",
                                   help="Start from this SAE (lab name or sae-lens folder)."),
-    acts: str = typer.Option(None, "--acts", help="Activations artifact to train on."),
-    live_model: str = typer.Option(None, "--live-model", help="Train from this model live."),
-    hook: str = typer.Option(None, "--hook", help="Hook point (with --live-model)."),
-    corpus: str = typer.Option(None, "--corpus", help="Corpus (with --live-model)."),
-    context_size: int = typer.Option(128, "--context-size", help="Live: tokens per window."),
-    groups: int = typer.Option(None, "--groups", help="Structured: number of groups G."),
-    group_size: int = typer.Option(None, "--group-size", help="Structured: values per group m."),
-    tokens: int = typer.Option(2_000_000, "--tokens", help="Training tokens."),
-    batch_size: int = typer.Option(4096, "--batch-size", help="Tokens per step (global)."),
-    lr: float = typer.Option(None, "--lr", help="Adam lr (default 2e-4*sqrt(16384/latents))."),
-    normalize: str = typer.Option(None, "--normalize",
-                                  help="none | token | dataset (default: token for topafa)."),
-    k_aux: int = typer.Option(None, "--k-aux", help="AuxK latents (default d_in/2)."),
-    dead_window: int = typer.Option(None, "--dead-window", help="Dead after this many tokens."),
-    seed: int = typer.Option(0, "--seed", help="Init and data-order seed."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda, ... (default: CUDA if any)."),
-    kernels: str = typer.Option("auto", "--kernels", help="auto | cpu | sparse_ops."),
-    threads: int = typer.Option(None, "--threads", help="torch CPU threads."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing artifact."),
     restart: bool = typer.Option(False, "--restart", help="Ignore checkpoints; start over."),
     as_json: bool = typer.Option(False, "--json", help="Print the artifact as JSON."),
+    opts: _Common = None,  # type: ignore[assignment]  (filled by with_source_options)
 ) -> None:
     """Train one SAE (rerun the same command to resume after an interruption)."""
     passive_openmp()
     from saes.training import SAETrainConfig
 
-    opts = _common(acts, live_model, hook, corpus, context_size, groups, group_size, tokens,
-                   batch_size, lr, normalize, k_aux, dead_window, seed, device, kernels, threads)
     cfg = SAETrainConfig(name=name, arch=arch, latents=latents, k=k, afa_lambda=afa_lambda,
                          k_groups=k_groups, sparsity_coefficient=sparsity_coef,
                          init_from=init_from, **opts.config_fields())
@@ -162,6 +186,7 @@ def train(
 
 
 @sae_app.command("sweep")
+@with_source_options
 def sweep(
     arch: str = typer.Option("topk", "--arch", help="Comma list of architectures."),
     latents: str = typer.Option("4096", "--latents", help="Comma list of dictionary sizes."),
@@ -171,34 +196,16 @@ def sweep(
     sparsity_coef: str = typer.Option(None, "--sparsity-coef", help="Comma list (relu/jumprelu)."),
     name_prefix: str = typer.Option(None, "--name-prefix",
                                     help="Names are <prefix>-<variant> (default: the acts name)."),
-    acts: str = typer.Option(None, "--acts", help="Activations artifact to train on."),
-    live_model: str = typer.Option(None, "--live-model", help="Train from this model live."),
-    hook: str = typer.Option(None, "--hook", help="Hook point (with --live-model)."),
-    corpus: str = typer.Option(None, "--corpus", help="Corpus (with --live-model)."),
-    context_size: int = typer.Option(128, "--context-size", help="Live: tokens per window."),
-    groups: int = typer.Option(None, "--groups", help="Structured: number of groups G."),
-    group_size: int = typer.Option(None, "--group-size", help="Structured: values per group m."),
-    tokens: int = typer.Option(2_000_000, "--tokens", help="Training tokens."),
-    batch_size: int = typer.Option(4096, "--batch-size", help="Tokens per step (global)."),
-    lr: float = typer.Option(None, "--lr", help="Adam lr (default 2e-4*sqrt(16384/latents))."),
-    normalize: str = typer.Option(None, "--normalize", help="none | token | dataset."),
-    k_aux: int = typer.Option(None, "--k-aux", help="AuxK latents (default d_in/2)."),
-    dead_window: int = typer.Option(None, "--dead-window", help="Dead after this many tokens."),
-    seed: int = typer.Option(0, "--seed", help="Init and data-order seed."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda, ... (default: CUDA if any)."),
-    kernels: str = typer.Option("auto", "--kernels", help="auto | cpu | sparse_ops."),
-    threads: int = typer.Option(None, "--threads", help="torch CPU threads."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing artifacts."),
     restart: bool = typer.Option(False, "--restart", help="Ignore checkpoints; start over."),
     as_json: bool = typer.Option(False, "--json", help="Print the artifacts as JSON."),
+    opts: _Common = None,  # type: ignore[assignment]  (filled by with_source_options)
 ) -> None:
     """Train every combination of the comma lists from one pass over the activations."""
     passive_openmp()
     from saes.training import SAETrainConfig
 
-    opts = _common(acts, live_model, hook, corpus, context_size, groups, group_size, tokens,
-                   batch_size, lr, normalize, k_aux, dead_window, seed, device, kernels, threads)
-    prefix = name_prefix or acts or live_model or "sae"
+    prefix = name_prefix or opts.acts or opts.live_model or "sae"
     configs = []
     for a in _split(arch, str):
         for values in itertools.product(

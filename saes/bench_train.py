@@ -165,12 +165,20 @@ def write_sae_lens_cache(store, hook: str, context_size: int, folder: Path) -> P
 # the two trainers
 
 
+def our_train_config(cfg: BenchTrainConfig, name: str = "bench"):
+    """Our trainer's SAETrainConfig for the benchmark's SAE (its schedule, lr and dead window
+    also set sae-lens's schedule)."""
+    from saes.training import SAETrainConfig
+
+    return SAETrainConfig(name=name, arch="topk", latents=cfg.latents, k=cfg.k,
+                          tokens=cfg.tokens, batch_size=cfg.batch_size, seed=cfg.seed)
+
+
 def run_ours(lab: Lab, cfg: BenchTrainConfig, source: Any, name: str) -> dict[str, Any]:
     from saes.interop import load_sae
-    from saes.training import SAETrainConfig, train_saes
+    from saes.training import train_saes
 
-    train_cfg = SAETrainConfig(name=name, arch="topk", latents=cfg.latents, k=cfg.k,
-                               tokens=cfg.tokens, batch_size=cfg.batch_size, seed=cfg.seed)
+    train_cfg = our_train_config(cfg, name)
     start = time.perf_counter()
     train_saes(lab, [train_cfg], source, overwrite=True, restart=True, device="cpu",
                progress=False)
@@ -192,10 +200,7 @@ def run_sae_lens(cfg: BenchTrainConfig, model, hook: str, d_in: int, windows: to
         TopKTrainingSAEConfig,
     )
 
-    from saes.training import SAETrainConfig
-
-    ours = SAETrainConfig(name="x", arch="topk", latents=cfg.latents, k=cfg.k, tokens=cfg.tokens,
-                          batch_size=cfg.batch_size).resolved(d_in)
+    ours = our_train_config(cfg).resolved(d_in)
     steps = cfg.tokens // cfg.batch_size
     bos = model.tokenizer.bos_token_id
     runner_cfg = LanguageModelSAERunnerConfig(
@@ -312,7 +317,8 @@ def run_benchmark(lab: Lab, cfg: BenchTrainConfig, echo: Callable[[str], None] =
         "hook": hook,
         "d_in": d_in,
         "threads": torch.get_num_threads(),
-        "lr": {"ours": _our_lr(cfg, d_in), "sae-lens": cfg.sae_lens_lr},
+        "lr": {"ours": float(our_train_config(cfg).resolved(d_in).lr),
+               "sae-lens": cfg.sae_lens_lr},
         **machine,
         "matmul_ms_measurements": [round(m["matmul_ms"], 2) for m in timings],
         "encoder_bound_tokens_per_s": bound,
@@ -324,13 +330,6 @@ def run_benchmark(lab: Lab, cfg: BenchTrainConfig, echo: Callable[[str], None] =
         "runs": runs,
         "speedup": {mode: _ratio(runs, mode) for mode in cfg.modes},
     }
-
-
-def _our_lr(cfg: BenchTrainConfig, d_in: int) -> float:
-    from saes.training import SAETrainConfig
-
-    return float(SAETrainConfig(name="x", arch="topk", latents=cfg.latents, k=cfg.k,
-                                tokens=cfg.tokens, batch_size=cfg.batch_size).resolved(d_in).lr)
 
 
 def _ratio(runs: list[dict[str, Any]], mode: str) -> float:

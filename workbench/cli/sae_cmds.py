@@ -142,12 +142,13 @@ SOURCE_OPTIONS = [
 def with_source_options(command: Callable[..., None]) -> Callable[..., None]:
     """Give `command(..., opts: _Common)` the SOURCE_OPTIONS as command-line options: they are
     appended to its signature (before its own last three: --overwrite, --restart, --json) and
-    handed to it packed in `opts`."""
+    handed to it packed in `opts`. OpenMP is made passive before the command imports torch."""
     own = [p for p in inspect.signature(command).parameters.values() if p.name != "opts"]
     names = [p.name for p in SOURCE_OPTIONS]
 
     @functools.wraps(command)
     def run(**kwargs: Any) -> None:
+        passive_openmp()
         opts = _Common(**{name: kwargs.pop(name) for name in names})
         command(opts=opts, **kwargs)
 
@@ -176,7 +177,6 @@ def train(
     opts: _Common = None,  # type: ignore[assignment]  (filled by with_source_options)
 ) -> None:
     """Train one SAE (rerun the same command to resume after an interruption)."""
-    passive_openmp()
     from saes.training import SAETrainConfig
 
     cfg = SAETrainConfig(name=name, arch=arch, latents=latents, k=k, afa_lambda=afa_lambda,
@@ -202,7 +202,6 @@ def sweep(
     opts: _Common = None,  # type: ignore[assignment]  (filled by with_source_options)
 ) -> None:
     """Train every combination of the comma lists from one pass over the activations."""
-    passive_openmp()
     from saes.training import SAETrainConfig
 
     prefix = name_prefix or opts.acts or opts.live_model or "sae"

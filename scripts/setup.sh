@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-time set-up: Debian text packages (corpus sources) and chromium (browser tests),
+# One-time set-up: Debian text packages (corpus sources), chromium (browser tests), a C compiler
+# (the SAE trainer's native CPU kernels, compiled on first use; without it a slower path runs),
 # a virtual environment in .venv with a CPU build of torch where there is no NVIDIA GPU,
 # and the project with its dev extras. Safe to run again: it skips what is already there.
 set -euo pipefail
@@ -9,7 +10,7 @@ PYTHON="${PYTHON:-python3}"
 
 arch="$(dpkg --print-architecture 2>/dev/null || echo amd64)"
 debs=(fortunes fortunes-de fortunes-es fortunes-it fortunes-pl fortunes-ru fortunes-cs fortunes-br
-      "installation-guide-${arch}" chromium)
+      "installation-guide-${arch}" chromium gcc libc6-dev)
 missing=()
 for pkg in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

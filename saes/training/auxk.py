@@ -12,6 +12,7 @@ and the loss adds alpha_aux * aux (alpha_aux = 1/32). Sums run over the global b
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from saes.training.losses import LossContext
 
@@ -29,7 +30,7 @@ def auxk_loss(
 
     sparse_decode: the decode op in use (kernels.py)."""
     e_hat = sparse_decode(aux_values, aux_indices, W_dec, None)
-    return scale * (e_hat - residual).pow(2).sum() / ctx.global_sq_dev(residual)
+    return scale * F.mse_loss(e_hat, residual, reduction="sum") / ctx.global_sq_dev(residual)
 
 
 def dead_latent_ids(dead: torch.Tensor) -> torch.Tensor:

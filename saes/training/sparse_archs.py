@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig, TopKSAE, TopKSAEConfig
 
 from saes.topafa import TopAFASAE, TopAFASAEConfig
@@ -57,9 +58,9 @@ class SparseCodeSAE(TrainableSAE):
         """Top-k_aux pre-activations among the dead latents of each token."""
         ids = dead_latent_ids(dead)
         k_aux = int(self.cfg.k_aux)
-        b_enc = self.b_enc[ids] if self.b_enc is not None else None
-        values, idx = self.kernels.topk_encode(z, self.W_enc[ids], b_enc, min(k_aux, ids.numel()))
-        return SparseCode(values, ids[idx], scale=min(ids.numel() / k_aux, 1.0))
+        values, indices = self.kernels.topk_encode_among(z, self.W_enc, self.b_enc,
+                                                         min(k_aux, ids.numel()), ids)
+        return SparseCode(values, indices, scale=min(ids.numel() / k_aux, 1.0))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,14 +78,13 @@ class SparseCodeSAE(TrainableSAE):
         z = x - self.b_dec
         code = self.encode_sparse(z, ctx)
         x_hat = self.kernels.sparse_decode(code.values, code.indices, self.W_dec, self.b_dec)
-        err = x - x_hat
-        sse = err.pow(2).sum()
+        sse = F.mse_loss(x_hat, x, reduction="sum")  # one fused pass forward and backward
         terms = {"recon": sse / ctx.variance, **self.extra_terms(x, code, ctx)}
         if ctx.dead is not None and bool(ctx.dead.any()):
             aux = self.aux_code(z, code, ctx.dead)
             terms["auxk"] = self.cfg.aux_alpha * auxk_loss(
-                aux.values, aux.indices, self.kernels.sparse_decode, self.W_dec, err.detach(),
-                aux.scale, ctx)
+                aux.values, aux.indices, self.kernels.sparse_decode, self.W_dec,
+                x - x_hat.detach(), aux.scale, ctx)
         active = code.values.detach() > 0
         fired = torch.bincount(self.unit_of(code.indices[active]), minlength=self.n_units)
         return StepResult(

@@ -42,7 +42,9 @@ from workbench.errors import InvalidInputError, WorkbenchError
 from workbench.lab import Artifact, Lab
 
 JOB_KIND = "sae-train"
-EXPORT_TOLERANCE = 1e-3  # max ||x_hat_saved - x_hat_trainer|| / ||x - mean|| on a check batch
+EXPORT_TOLERANCE = 1e-3  # per-token ||x_hat_saved - x_hat_trainer|| / ||x - mean|| on a check batch
+EXPORT_TIE_ROWS = 0.02  # share of tokens allowed to differ more: top-k near-ties that float
+                        # rounding of the two encodes breaks either way
 
 
 def train_saes(
@@ -307,10 +309,13 @@ def _check_export(folder, t: SAETrainer, x: torch.Tensor | None) -> float | None
     finally:
         t.model.to(t.device)
     got = saved(x)
-    error = float((got - expected).norm() / (x - x.mean(0)).norm().clamp_min(1e-12))
-    if not error < EXPORT_TOLERANCE:
+    scale = (x - x.mean(0)).norm(dim=1).mean().clamp_min(1e-12)
+    row_error = (got - expected).norm(dim=1) / scale
+    differing = float((~(row_error < EXPORT_TOLERANCE)).float().mean())  # NaN counts as differing
+    if not differing <= EXPORT_TIE_ROWS:
         raise WorkbenchError(
-            f"internal error: the saved SAE {t.cfg.name!r} reconstructs differently from the "
-            f"trained one (relative difference {error:.2e}); please report this"
+            f"internal error: the saved SAE {t.cfg.name!r} reconstructs {100 * differing:.0f}% of "
+            f"the check tokens differently from the trained one (largest relative difference "
+            f"{float(row_error.max()):.2e}); please report this"
         )
-    return error
+    return float(row_error.median())

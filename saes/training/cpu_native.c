@@ -1,0 +1,451 @@
+/* Row-wise top-k selection and a counting sort for the SAE trainer's CPU kernels.
+ *
+ * Plain C (no torch headers: compiles in well under a second), called through ctypes on the
+ * data pointers of contiguous tensors; rows are split over POSIX threads. See cpu_native.py.
+ *
+ * wb_topk_rows    per row of pre [n, row_stride], the k largest values among its first L
+ *                 columns (or among the `n_cols` columns listed in `cols`), with their column
+ *                 indices, in increasing column order (ties at the k-th value: lowest columns
+ *                 first). NaN values are never selected; a row where fewer than k values
+ *                 compare gets NaN values.
+ * wb_group_by     stable counting sort of keys [N] in [0, rows): order [N] (positions sorted by
+ *                 key), offsets [rows] (start of each key's run), bags [N] = order / k.
+ * wb_decode_backward  gradients of a sparse decode x_hat[n] = sum_j vals[n, j] W[idx[n, j]]:
+ *                 per latent l, grad_W[l] = sum over its pairs of vals[order[p]] * G[bags[p]],
+ *                 and from the same read of each G row, grad_vals[order[p]] = <G[bags[p]], W[l]>.
+ */
+
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK 16
+
+static inline float median3(float a, float b, float c) {
+    return (a > b) ? ((b > c) ? b : ((a > c) ? c : a)) : ((a > c) ? a : ((b > c) ? c : b));
+}
+
+/* Branch-free partition of v[lo:hi] (ids alongside): the values for which `keep` holds (x > p
+ * when strict, else x >= p) move to the front, in one pass of swaps; returns the end of them. */
+static inline int64_t partition(float *v, int64_t *id, int64_t lo, int64_t hi, float p,
+                                int strict) {
+    int64_t store = lo;
+    for (int64_t i = lo; i < hi; i++) {
+        float x = v[i];
+        int64_t xi = id[i];
+        int keep = strict ? x > p : x >= p;
+        v[i] = v[store];
+        id[i] = id[store];
+        v[store] = x;
+        id[store] = xi;
+        store += keep;
+    }
+    return store;
+}
+
+/* Move the k largest of v[0:n] (with their ids) into v[0:k] (unordered): quickselect with a
+ * median-of-three pivot taken from the values, three-way so runs of equal values end it. */
+static void select_top(float *v, int64_t *id, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n;
+    while (hi - lo > 1 && lo < k && k < hi) {
+        float p = median3(v[lo], v[lo + (hi - lo) / 2], v[hi - 1]);
+        int64_t above = partition(v, id, lo, hi, p, 1);  /* [lo, above) > p */
+        if (above >= k) {
+            hi = above;
+            continue;
+        }
+        int64_t equal = partition(v, id, above, hi, p, 0); /* [above, equal) == p, non-empty */
+        if (equal >= k || equal == above) return; /* equal == above: NaN pivot, give up */
+        lo = equal;
+    }
+}
+
+static float min_of(const float *v, int64_t n) {
+    float m = v[0];
+    for (int64_t j = 1; j < n; j++) m = v[j] < m ? v[j] : m;
+    return m;
+}
+
+/* max of x[0:CHUNK] and the bit mask of x[t] >= threshold, with the widest vectors the build
+ * machine has (-march=native), else plain loops. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline __m512 chunk_load(const float *x) { return _mm512_loadu_ps(x); }
+static inline float run_max(const float *x, int64_t chunks) {
+    __m512 m = _mm512_loadu_ps(x);
+    for (int64_t c = 1; c < chunks; c++) m = _mm512_max_ps(m, _mm512_loadu_ps(x + c * CHUNK));
+    return _mm512_reduce_max_ps(m);
+}
+static inline unsigned chunk_mask_ge(const float *x, float threshold) {
+    return _mm512_cmp_ps_mask(chunk_load(x), _mm512_set1_ps(threshold), _CMP_GE_OQ);
+}
+#elif defined(__AVX2__)
+#include <immintrin.h>
+static inline float run_max(const float *x, int64_t chunks) {
+    __m256 m = _mm256_max_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8));
+    for (int64_t c = 1; c < chunks; c++)
+        m = _mm256_max_ps(m, _mm256_max_ps(_mm256_loadu_ps(x + c * CHUNK),
+                                           _mm256_loadu_ps(x + c * CHUNK + 8)));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, m);
+    float best = lanes[0];
+    for (int t = 1; t < 8; t++) best = lanes[t] > best ? lanes[t] : best;
+    return best;
+}
+static inline unsigned chunk_mask_ge(const float *x, float threshold) {
+    __m256 t = _mm256_set1_ps(threshold);
+    unsigned lo = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x), t, _CMP_GE_OQ));
+    unsigned hi = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + 8), t, _CMP_GE_OQ));
+    return lo | (hi << 8);
+}
+#else
+static inline float run_max(const float *x, int64_t chunks) {
+    float best = x[0];
+    for (int64_t j = 1; j < chunks * CHUNK; j++) best = x[j] > best ? x[j] : best;
+    return best;
+}
+static inline unsigned chunk_mask_ge(const float *x, float threshold) {
+    unsigned mask = 0;
+    for (int t = 0; t < CHUNK; t++) mask |= (unsigned)(x[t] >= threshold) << t;
+    return mask;
+}
+#endif
+
+/* Candidate buffer of `cap` slots; `threshold` only rises. */
+typedef struct {
+    float *v;
+    int64_t *id;
+    int64_t cap, n, k;
+    float threshold;
+} candidates;
+
+/* Keep the top k of the buffer; the k-th largest becomes the entry threshold. */
+static void shrink(candidates *c) {
+    select_top(c->v, c->id, c->n, c->k);
+    c->n = c->k;
+    c->threshold = min_of(c->v, c->k);
+}
+
+static inline void push(candidates *c, float v, int64_t id) {
+    if (!(v >= c->threshold)) return;
+    c->v[c->n] = v;
+    c->id[c->n] = id;
+    if (++c->n == c->cap) shrink(c);
+}
+
+/* A lower bound of the k-th largest of x[0:W]. Cut into m >= k segments, the k-th largest of
+ * the segment maxima is one (k distinct values reach it). Wide segments (>= 2 chunks each):
+ * m = k and the bound is the smallest maximum, vectorized. Narrow ones: m = min(4k, W/2) for a
+ * tighter bound, found by a selection over the m maxima (in the candidate buffer's slots). */
+static float lower_bound_kth(const float *x, int64_t W, candidates *c) {
+    int64_t k = c->k;
+    int64_t seg_chunks = W / k / CHUNK;
+    if (seg_chunks >= 2) {
+        float bound = run_max(x, seg_chunks);
+        for (int64_t s = 1; s < k; s++) {
+            float m = run_max(x + s * seg_chunks * CHUNK, seg_chunks);
+            bound = m < bound ? m : bound;
+        }
+        return bound;
+    }
+    int64_t segments = W / 2 < 4 * k ? W / 2 : 4 * k;
+    if (segments < k || segments > c->cap) return -INFINITY;
+    int64_t seg = W / segments;
+    for (int64_t s = 0; s < segments; s++) {
+        const float *xs = x + s * seg;
+        float m = xs[0];
+        for (int64_t j = 1; j < seg; j++) m = xs[j] > m ? xs[j] : m;
+        c->v[s] = m;
+        c->id[s] = s;
+    }
+    select_top(c->v, c->id, segments, k);
+    return min_of(c->v, k);
+}
+
+/* Collect the values of x[0:W] that reach `threshold` (one vectorized compare per CHUNK
+ * values; the buffer is cut back to its top k whenever it fills, raising the threshold). */
+static void collect(const float *x, int64_t W, float threshold, candidates *c) {
+    c->threshold = threshold;
+    c->n = 0;
+    int64_t j = 0;
+    for (; j + CHUNK <= W; j += CHUNK) {
+        unsigned mask = chunk_mask_ge(x + j, c->threshold);
+        while (mask) {
+            int t = __builtin_ctz(mask);
+            mask &= mask - 1;
+            push(c, x[j + t], j + t);
+        }
+    }
+    for (; j < W; j++) push(c, x[j], j);
+}
+
+/* Top k of x[0:W] into the first k buffer slots. First with `guess` (the smallest k-th largest
+ * value of the last few rows; NaN for none): when at least k values reach it, the top k are
+ * among them. Otherwise with a proven lower bound of the k-th largest value. Collected are a
+ * few percent of the row, then cut to the top k. Returns 0, or -1 when fewer than k values
+ * could be compared (NaN). */
+static int topk_row(const float *x, int64_t W, float guess, candidates *c) {
+    if (guess == guess) {
+        collect(x, W, guess, c);
+        if (c->n >= c->k) {
+            shrink(c);
+            return 0;
+        }
+    }
+    float bound = lower_bound_kth(x, W, c);
+    if (bound != bound) return -1;
+    collect(x, W, bound, c);
+    if (c->n < c->k) return -1;
+    shrink(c);
+    return 0;
+}
+
+/* Write the top k found by topk_row in canonical order: the row's values above the k-th largest
+ * t, and the first (lowest-column) ones equal to t, in increasing column order. The result then
+ * depends on the row alone, not on which search path found it. */
+static void emit_in_order(const float *x, int64_t W, const candidates *c, float *values,
+                          int64_t *ids) {
+    int64_t k = c->k, ties = k;
+    float t = c->threshold;
+    for (int64_t j = 0; j < k; j++) ties -= c->v[j] > t;
+    int64_t out = 0;
+    int64_t j = 0;
+    for (; j + CHUNK <= W && out < k; j += CHUNK) {
+        unsigned mask = chunk_mask_ge(x + j, t);
+        while (mask && out < k) {
+            int b = __builtin_ctz(mask);
+            mask &= mask - 1;
+            float v = x[j + b];
+            if (v > t || ties-- > 0) {
+                values[out] = v;
+                ids[out++] = j + b;
+            }
+        }
+    }
+    for (; j < W && out < k; j++) {
+        float v = x[j];
+        if (v > t || (v == t && ties-- > 0)) {
+            values[out] = v;
+            ids[out++] = j;
+        }
+    }
+}
+
+/* Run fn(ctx, bounds[t], bounds[t + 1]) for t < parts on `parts` POSIX threads (the caller's
+ * thread takes part 0; a part whose thread cannot start runs on the caller's too). */
+typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end);
+
+typedef struct {
+    range_fn fn;
+    void *ctx;
+    int64_t begin, end;
+} range_call;
+
+static void *run_range(void *arg) {
+    range_call *call = (range_call *)arg;
+    call->fn(call->ctx, call->begin, call->end);
+    return NULL;
+}
+
+#define MAX_THREADS 64
+
+static int clamp_threads(int n_threads, int64_t work) {
+    if (n_threads > MAX_THREADS) n_threads = MAX_THREADS;
+    if (n_threads > work) n_threads = (int)work;
+    return n_threads < 1 ? 1 : n_threads;
+}
+
+static void parallel_ranges(range_fn fn, void *ctx, const int64_t *bounds, int parts) {
+    range_call calls[MAX_THREADS];
+    pthread_t threads[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 0; t < parts; t++) calls[t] = (range_call){fn, ctx, bounds[t], bounds[t + 1]};
+    for (int t = 1; t < parts; t++)
+        started[t] = pthread_create(&threads[t], NULL, run_range, &calls[t]) == 0;
+    run_range(&calls[0]);
+    for (int t = 1; t < parts; t++) {
+        if (started[t])
+            pthread_join(threads[t], NULL);
+        else
+            run_range(&calls[t]);
+    }
+}
+
+static void even_bounds(int64_t n, int parts, int64_t *bounds) {
+    for (int t = 0; t <= parts; t++) bounds[t] = n * t / parts;
+}
+
+typedef struct {
+    const float *pre;
+    int64_t row_stride, L, k, n_cols;
+    const int64_t *cols;
+    float *values;
+    int64_t *indices;
+    int failed;
+} topk_job;
+
+#define GUESS_ROWS 4
+
+static void topk_range(void *arg, int64_t row_begin, int64_t row_end) {
+    topk_job *job = (topk_job *)arg;
+    int64_t k = job->k, cap = 8 * k + 256;
+    candidates c = {malloc((size_t)cap * sizeof(float)), malloc((size_t)cap * sizeof(int64_t)),
+                    cap, 0, k, 0.0f};
+    float *gathered = job->cols ? malloc((size_t)job->n_cols * sizeof(float)) : NULL;
+    float recent[GUESS_ROWS];
+    for (int g = 0; g < GUESS_ROWS; g++) recent[g] = NAN;
+    if (!c.v || !c.id || (job->cols && !gathered)) {
+        job->failed = 1;
+    } else {
+        for (int64_t r = row_begin; r < row_end; r++) {
+            const float *row = job->pre + r * job->row_stride;
+            float *values = job->values + r * k;
+            int64_t *indices = job->indices + r * k;
+            const float *x = row;
+            int64_t W = job->L;
+            if (job->cols) {
+                for (int64_t j = 0; j < job->n_cols; j++) gathered[j] = row[job->cols[j]];
+                x = gathered;
+                W = job->n_cols;
+            }
+            float guess = recent[0];
+            for (int g = 1; g < GUESS_ROWS; g++) guess = fminf(guess, recent[g]);
+            if (topk_row(x, W, guess, &c) != 0) { /* NaN in the row: NaN out, so the loss shows it */
+                for (int64_t j = 0; j < k; j++) {
+                    values[j] = NAN;
+                    indices[j] = job->cols ? job->cols[j] : j;
+                }
+                continue;
+            }
+            recent[r % GUESS_ROWS] = c.threshold;
+            emit_in_order(x, W, &c, values, indices);
+            if (job->cols)
+                for (int64_t j = 0; j < k; j++) indices[j] = job->cols[indices[j]];
+        }
+    }
+    free(c.v);
+    free(c.id);
+    free(gathered);
+}
+
+/* Returns 0 on success, -1 on bad arguments, -2 when out of memory. cols may be NULL (all L
+ * columns). */
+int wb_topk_rows(const float *pre, int64_t n, int64_t row_stride, int64_t L, const int64_t *cols,
+                 int64_t n_cols, int64_t k, float *values, int64_t *indices, int n_threads) {
+    int64_t width = cols ? n_cols : L;
+    if (k < 1 || k > width || n < 0) return -1;
+    if (n == 0) return 0;
+    topk_job job = {pre, row_stride, L, k, n_cols, cols, values, indices, 0};
+    int parts = clamp_threads(n_threads, n);
+    int64_t bounds[MAX_THREADS + 1];
+    even_bounds(n, parts, bounds);
+    parallel_ranges(topk_range, &job, bounds, parts);
+    return job.failed ? -2 : 0;
+}
+
+/* Returns 0 on success, -1 when a key is outside [0, rows) (outputs then undefined). */
+int wb_group_by(const int64_t *keys, int64_t N, int64_t rows, int64_t k, int64_t *order,
+                int64_t *offsets, int64_t *bags) {
+    memset(offsets, 0, (size_t)rows * sizeof(int64_t));
+    for (int64_t i = 0; i < N; i++) {
+        int64_t key = keys[i];
+        if (key < 0 || key >= rows) return -1;
+        offsets[key]++;
+    }
+    int64_t start = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t count = offsets[r];
+        offsets[r] = start;
+        start += count;
+    }
+    /* offsets[r] is used as the write cursor, then restored by shifting. */
+    for (int64_t i = 0; i < N; i++) {
+        int64_t pos = offsets[keys[i]]++;
+        order[pos] = i;
+        bags[pos] = i / k;
+    }
+    for (int64_t r = rows - 1; r > 0; r--) offsets[r] = offsets[r - 1];
+    if (rows > 0) offsets[0] = 0;
+    return 0;
+}
+
+/* Parts of [0, rows) with about equal numbers of pairs (offsets: each key's start in order). */
+static int pair_balanced_bounds(const int64_t *offsets, int64_t rows, int64_t N, int n_threads,
+                                int64_t *bounds) {
+    int parts = clamp_threads(n_threads, rows);
+    bounds[0] = 0;
+    int64_t l = 0;
+    for (int t = 1; t < parts; t++) {
+        int64_t target = N * t / parts;
+        while (l < rows && offsets[l] < target) l++;
+        bounds[t] = l;
+    }
+    bounds[parts] = rows;
+    return parts;
+}
+
+typedef struct {
+    const float *vals, *G, *W;
+    const int64_t *order, *offsets, *bags;
+    int64_t N, rows, D;
+    float *out, *bias, *grad_vals;
+    int failed;
+} segment_job;
+
+/* For keys l in [begin, end): out[l] = sum_p vals[order[p]] * G[bags[p]] over l's run (bias[l]
+ * = sum of those vals); with W, also grad_vals[order[p]] = <G[bags[p]], W[l]> from the same
+ * read of the G row. */
+static void segment_range(void *arg, int64_t begin, int64_t end) {
+    segment_job *job = (segment_job *)arg;
+    int64_t D = job->D;
+    float *acc = malloc((size_t)D * sizeof(float));
+    if (!acc) {
+        job->failed = 1;
+        return;
+    }
+    for (int64_t l = begin; l < end; l++) {
+        int64_t p0 = job->offsets[l], p1 = l + 1 < job->rows ? job->offsets[l + 1] : job->N;
+        const float *restrict w = job->W ? job->W + l * D : NULL;
+        for (int64_t d = 0; d < D; d++) acc[d] = 0.0f;
+        float vsum = 0.0f;
+        for (int64_t p = p0; p < p1; p++) {
+            const float *restrict g = job->G + job->bags[p] * D;
+            float v = job->vals[job->order[p]];
+            vsum += v;
+            if (w) {
+                float part[CHUNK] = {0};
+                int64_t d = 0;
+                for (; d + CHUNK <= D; d += CHUNK)
+                    for (int e = 0; e < CHUNK; e++) part[e] += g[d + e] * w[d + e];
+                float dot = 0.0f;
+                for (; d < D; d++) dot += g[d] * w[d];
+                for (int e = 0; e < CHUNK; e++) dot += part[e];
+                job->grad_vals[job->order[p]] = dot;
+            }
+            for (int64_t d = 0; d < D; d++) acc[d] += v * g[d];
+        }
+        if (job->out) memcpy(job->out + l * D, acc, (size_t)D * sizeof(float));
+        if (job->bias) job->bias[l] = vsum;
+    }
+    free(acc);
+}
+
+static int run_segments(segment_job *job, int n_threads) {
+    int64_t bounds[MAX_THREADS + 1];
+    int parts = pair_balanced_bounds(job->offsets, job->rows, job->N, n_threads, bounds);
+    parallel_ranges(segment_range, job, bounds, parts);
+    return job->failed ? -2 : 0;
+}
+
+/* The backward of x_hat = sum_j vals[n, j] W[idx[n, j]] for G = dL/dx_hat [n, D]:
+ * grad_W [rows, D] (or NULL) and grad_vals [N] (or NULL), from one pass over the pairs. */
+int wb_decode_backward(const float *vals, const int64_t *order, const int64_t *offsets,
+                       const int64_t *bags, int64_t N, int64_t rows, const float *G,
+                       const float *W, int64_t D, float *grad_vals, float *grad_W,
+                       int n_threads) {
+    segment_job job = {vals, G, grad_vals ? W : NULL, order, offsets, bags, N, rows, D,
+                       grad_W, NULL, grad_vals, 0};
+    return run_segments(&job, n_threads);
+}

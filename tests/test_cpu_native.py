@@ -1,0 +1,121 @@
+"""The trainer's native CPU kernels (saes/training/cpu_native.c) against PyTorch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from saes.training import cpu_native
+from saes.training.kernels import CPU, SPARSE_OPS, cpu_gather_dot
+
+pytestmark = pytest.mark.skipif(not cpu_native.available(),
+                                reason="no C compiler: the PyTorch path is used (tested elsewhere)")
+
+
+def _check_topk(pre, k, values, indices, columns=None):
+    ref = torch.topk(pre if columns is None else pre[:, columns], k, dim=1).values
+    torch.testing.assert_close(values.sort(1, descending=True).values, ref, rtol=0, atol=0)
+    torch.testing.assert_close(pre.gather(1, indices), values, rtol=0, atol=0)
+    assert torch.equal(indices, indices.sort(1).values)  # canonical order: increasing column
+    assert all(len(set(row.tolist())) == k for row in indices)
+    if columns is not None:
+        assert bool(torch.isin(indices, columns).all())
+
+
+@pytest.mark.parametrize("n,L,k", [(300, 4096, 32), (64, 4096, 128), (50, 100, 7), (9, 33, 33),
+                                   (40, 4096, 1), (17, 260, 130)])
+@pytest.mark.parametrize("kind", ["normal", "mostly_negative", "ties"])
+def test_topk_rows_equals_torch_topk(n, L, k, kind):
+    g = torch.Generator().manual_seed(n + L + k)
+    pre = torch.randn(n, L, generator=g)
+    if kind == "mostly_negative":
+        pre -= 2.5
+    if kind == "ties":
+        pre = torch.randint(0, 4, (n, L), generator=g).float()
+    values, indices = cpu_native.topk_rows(pre, k)
+    _check_topk(pre, k, values, indices)
+
+
+@pytest.mark.parametrize("k", [1, 16, 128])
+def test_topk_rows_among_columns(k):
+    g = torch.Generator().manual_seed(k)
+    pre = torch.randn(200, 1000, generator=g)
+    columns = torch.randperm(1000, generator=g)[:300].sort().values
+    values, indices = cpu_native.topk_rows(pre, k, columns)
+    _check_topk(pre, k, values, indices, columns)
+
+
+def test_topk_rows_reads_strided_rows_and_flags_nan_rows():
+    pre = torch.randn(20, 64)
+    view = pre[:, :48]  # row stride 64, 48 columns
+    values, indices = cpu_native.topk_rows(view, 5)
+    _check_topk(view, 5, values, indices)
+    pre[3] = float("nan")
+    values, _ = cpu_native.topk_rows(pre, 5)
+    assert bool(values[3].isnan().all())  # a NaN row comes out NaN, so the loss guard sees it
+    assert not bool(values[[0, 1, 2, 4]].isnan().any())
+    with pytest.raises(ValueError, match="k=65"):
+        cpu_native.topk_rows(pre, 65)
+
+
+def test_group_by_is_a_stable_sort_by_key():
+    keys = torch.randint(0, 50, (30, 4))
+    order, offsets, bags = cpu_native.group_by(keys, 50, 4)
+    ref = torch.argsort(keys.reshape(-1), stable=True)
+    counts = torch.bincount(keys.reshape(-1), minlength=50)
+    assert torch.equal(order, ref)
+    assert torch.equal(offsets, torch.cumsum(counts, 0) - counts)
+    assert torch.equal(bags, ref // 4)
+    with pytest.raises(ValueError, match="outside"):
+        cpu_native.group_by(torch.tensor([[0, 50]]), 50, 2)
+
+
+def test_decode_backward_matches_embedding_bag_gradients():
+    n, K, L, D = 64, 8, 40, 19  # D not a multiple of the vector width
+    vals, idx = torch.rand(n, K), torch.randint(0, L, (n, K))
+    W, G = torch.randn(L, D), torch.randn(n, D)
+    grouping = cpu_native.group_by(idx, L, K)
+    grad_vals, grad_W = cpu_native.decode_backward(vals, grouping, G, W, True, True)
+    torch.testing.assert_close(grad_vals, cpu_gather_dot(G, idx, W), rtol=1e-5, atol=1e-5)
+    Wr = W.clone().requires_grad_()
+    (F.embedding_bag(idx, Wr, per_sample_weights=vals, mode="sum") * G).sum().backward()
+    torch.testing.assert_close(grad_W, Wr.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernels", [CPU, SPARSE_OPS])
+def test_topk_encode_among_matches_encoding_the_listed_rows(kernels):
+    """AuxK's encode among dead latents: same values, latent ids and gradients as encoding with
+    the gathered rows (what it replaces), also when the main encode's buffer is reused."""
+    torch.manual_seed(0)
+    x, W, b = torch.randn(30, 12), torch.randn(80, 12), torch.randn(80) * 0.1
+    columns = torch.tensor([1, 5, 6, 20, 33, 34, 50, 61, 62, 79])
+
+    def run(among: bool):
+        ps = [t.clone().requires_grad_() for t in (x, W, b)]
+        kernels.topk_encode(ps[0], ps[1], ps[2], 6)  # the main encode: fills the buffer
+        if among:
+            values, ids = kernels.topk_encode_among(ps[0], ps[1], ps[2], 4, columns)
+        else:
+            values, pos = kernels.topk_encode(ps[0], ps[1][columns], ps[2][columns], 4)
+            ids = columns[pos]
+        order = ids.argsort(1)
+        values, ids = values.gather(1, order), ids.gather(1, order)
+        (values * torch.arange(1.0, 5.0)).sum().backward()
+        return values, ids, [p.grad for p in ps]
+
+    got, want = run(True), run(False)
+    assert torch.equal(got[1], want[1])
+    torch.testing.assert_close(got[0], want[0])
+    for g, w in zip(got[2], want[2]):
+        torch.testing.assert_close(g, w)
+
+
+def test_without_a_compiler_the_torch_path_runs(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_NATIVE", "0")
+    monkeypatch.setattr(cpu_native, "_STATE", {})
+    assert not cpu_native.available()
+    x, W = torch.randn(10, 6), torch.randn(40, 6)
+    values, _ = CPU.topk_encode(x, W, None, 3)
+    ref = torch.topk(x @ W.T, 3, dim=1).values.relu()
+    torch.testing.assert_close(values.sort(1, descending=True).values, ref)

@@ -13,7 +13,7 @@ from workbench.activations import (
     iter_live_batches,
     open_activations,
 )
-from workbench.activations.batching import shuffled_batches
+from workbench.activations.batching import prefetched, shuffled_batches
 from workbench.activations.live import iter_documents
 from workbench.activations.windows import iter_window_batches
 from workbench.errors import InvalidInputError, NotFoundError
@@ -287,3 +287,33 @@ def test_document_packing_reads_each_document_alone(setup):
         ids = model.tokenizer(texts[doc], add_special_tokens=False)["input_ids"][:CTX - 1]
         _, cache = model.run_with_cache(torch.tensor([[bos, *ids]]))
         assert torch.allclose(acts[rows], cache[HOOK][0, 1:1 + int(rows.sum())], atol=1e-5)
+
+
+def test_prefetched_keeps_order_raises_errors_and_stops_its_producer():
+    import threading
+
+    assert list(prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("bad batch")
+
+    stream = prefetched(failing())
+    assert next(stream) == 1
+    with pytest.raises(ValueError, match="bad batch"):
+        next(stream)
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    stream = prefetched(endless(), depth=2)
+    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
+    stream.close()
+    assert not any(t.name == "prefetch" and t.is_alive() for t in threading.enumerate())
+    assert len(produced) <= 5 + 2 + 2  # at most depth (+ one in hand) ahead

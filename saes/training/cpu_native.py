@@ -56,7 +56,7 @@ def _compile(compiler: str, flags: list[str], target: Path) -> bool:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         cmd = [compiler, *flags, "-fPIC", "-shared", "-pthread", str(SOURCE), "-o", str(out)]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
             return False
         os.replace(out, target)  # atomic: concurrent first uses never see a half-written file
@@ -98,7 +98,8 @@ def library() -> ctypes.CDLL | None:
     if "lib" not in _STATE:
         try:
             _STATE["lib"] = _load()
-        except Exception as exc:  # a broken toolchain must not break training
+        except (OSError, subprocess.SubprocessError, AttributeError) as exc:  # a broken
+            # toolchain or a stale library must not break training
             warnings.warn(f"native CPU kernels unavailable ({exc}); using the PyTorch path",
                           stacklevel=2)
             _STATE["lib"] = None

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 
 import sparse_ops
+from saes.training import cpu_native
 from sparse_ops.decode import gather_sum as _sparse_ops_gather_sum
 from sparse_ops.decode import segment_sum as _sparse_ops_segment_sum
 from sparse_ops.dispatch import resolve_backend
-from saes.training import cpu_native
 from sparse_ops.encode import TRITON_MAX_K
 
 KERNEL_CHOICES = ("auto", "cpu", "sparse_ops")

@@ -96,6 +96,7 @@ def live_source(
     corpus or hook (listing the valid ones).
     """
     from workbench.activations import iter_live_batches
+    from workbench.activations.batching import prefetched
     from workbench.data.store import load_corpus
     from workbench.models.hooks import validate_hook
     from workbench.models.loading import load_model
@@ -109,8 +110,9 @@ def live_source(
     d_in = hook_width(model, hook)
 
     def make_batches(batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-        return iter_live_batches(model, hook, corpus, batch_size, context_size=context_size,
-                                 seed=seed, epochs=None)
+        # the forward passes run in a background thread, overlapping the training steps
+        return prefetched(iter_live_batches(model, hook, corpus, batch_size,
+                                            context_size=context_size, seed=seed, epochs=None))
 
     parents = [n for n in (model_spec, corpus_name) if _in_lab(lab, n)]
     metadata = {"context_size": context_size, "dataset_path": corpus_name, "prepend_bos": True}

@@ -172,6 +172,8 @@ class _Run:
         stream = self.src.batches(self.batch_size, self.trainers[0].cfg.seed, skip=start)
         main = self.reducer.is_main
         with ExitStack() as stack:
+            if hasattr(stream, "close"):  # stop a prefetching source's producer when we stop
+                stack.callback(stream.close)
             jobs = {}
             if main:
                 for t in self.trainers:

@@ -8,9 +8,14 @@ once; memory holds at most `capacity` rows plus one chunk (and one permuted copy
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def fixed_batches(chunks: Iterable[torch.Tensor], batch_size: int, drop_last: bool = True
@@ -66,3 +71,58 @@ def limit_rows(batches: Iterable[torch.Tensor], max_rows: int | None, drop_last:
             return
         seen += batch.shape[0]
         yield batch
+
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """The items of `items`, in order, produced by a background thread up to `depth` ahead.
+
+    For a live model feeding a trainer: the model's forward passes overlap with the training
+    steps (each has single-threaded stretches, Python and autograd bookkeeping, where the other
+    can use the idle core; measured on 2 cores, live SAE training ran about 10% faster). An
+    error in the producer is raised here; closing this generator (or leaving a loop over it)
+    stops the producer and waits for it, so nothing uses the model after it returns.
+    """
+    channel: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        channel.put(item, timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            channel.put(_DONE)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, re-raised there
+            channel.put(_Failure(error))
+
+    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = channel.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:  # unblock a producer waiting on a full queue
+                channel.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        worker.join()

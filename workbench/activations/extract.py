@@ -1,8 +1,8 @@
 """Run a HookedTransformer on token windows and return the activations at one hook point.
 
 Only the layers up to the hook are computed (`stop_at_layer`), so caching an early layer of a deep
-model costs a fraction of a full forward pass, and the attention core runs as one fused kernel
-where that gives the same result (`workbench.models.fused_attention`).
+model costs a fraction of a full forward pass, and attention cores and layer norms run as fused
+kernels where that gives the same result (`workbench.models.fused_forward`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import torch
 
 from workbench.errors import InvalidInputError
-from workbench.models.fused_attention import fused_attention
+from workbench.models.fused_forward import fused_forward
 from workbench.models.hooks import hook_layer
 
 _EMBEDDING_HOOKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
@@ -38,7 +38,7 @@ def hook_activations(model, tokens: torch.Tensor, hook: str) -> torch.Tensor:
     """
     device = model.cfg.device
     tokens = tokens.to(device)
-    with fused_attention(model, hook):
+    with fused_forward(model, hook):
         _, cache = model.run_with_cache(tokens, names_filter=hook,
                                         stop_at_layer=stop_layer(model, hook))
     acts = cache[hook]

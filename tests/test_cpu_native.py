@@ -59,28 +59,22 @@ def test_topk_rows_reads_strided_rows_and_flags_nan_rows():
         cpu_native.topk_rows(pre, 65)
 
 
-def test_group_by_is_a_stable_sort_by_key():
-    keys = torch.randint(0, 50, (30, 4))
-    order, offsets, bags = cpu_native.group_by(keys, 50, 4)
-    ref = torch.argsort(keys.reshape(-1), stable=True)
-    counts = torch.bincount(keys.reshape(-1), minlength=50)
-    assert torch.equal(order, ref)
-    assert torch.equal(offsets, torch.cumsum(counts, 0) - counts)
-    assert torch.equal(bags, ref // 4)
-    with pytest.raises(ValueError, match="outside"):
-        cpu_native.group_by(torch.tensor([[0, 50]]), 50, 2)
-
-
-def test_decode_backward_matches_embedding_bag_gradients():
+def test_pair_sums_match_embedding_bag_gradients():
     n, K, L, D = 64, 8, 40, 19  # D not a multiple of the vector width
     vals, idx = torch.rand(n, K), torch.randint(0, L, (n, K))
     W, G = torch.randn(L, D), torch.randn(n, D)
-    grouping = cpu_native.group_by(idx, L, K)
-    grad_vals, grad_W = cpu_native.decode_backward(vals, grouping, G, W, True, True)
+    out, bias, grad_vals = cpu_native.pair_sums(vals, idx, G, L, with_bias=True, W=W)
     torch.testing.assert_close(grad_vals, cpu_gather_dot(G, idx, W), rtol=1e-5, atol=1e-5)
     Wr = W.clone().requires_grad_()
     (F.embedding_bag(idx, Wr, per_sample_weights=vals, mode="sum") * G).sum().backward()
-    torch.testing.assert_close(grad_W, Wr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, Wr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bias, torch.zeros(L).index_add_(0, idx.reshape(-1),
+                                                                vals.reshape(-1)))
+    out2, no_bias, no_grad_vals = cpu_native.pair_sums(vals, idx, G, L)
+    assert no_bias is None and no_grad_vals is None
+    torch.testing.assert_close(out2, out)
+    with pytest.raises(ValueError, match="outside"):
+        cpu_native.pair_sums(vals, idx, G, L - 30)
 
 
 @pytest.mark.parametrize("kernels", [CPU, SPARSE_OPS])

@@ -8,11 +8,14 @@
  *                 indices, in increasing column order (ties at the k-th value: lowest columns
  *                 first). NaN values are never selected; a row where fewer than k values
  *                 compare gets NaN values.
- * wb_group_by     stable counting sort of keys [N] in [0, rows): order [N] (positions sorted by
- *                 key), offsets [rows] (start of each key's run), bags [N] = order / k.
- * wb_decode_backward  gradients of a sparse decode x_hat[n] = sum_j vals[n, j] W[idx[n, j]]:
- *                 per latent l, grad_W[l] = sum over its pairs of vals[order[p]] * G[bags[p]],
- *                 and from the same read of each G row, grad_vals[order[p]] = <G[bags[p]], W[l]>.
+ * wb_pair_sums   over the (token n, latent l = idx[n, j]) pairs of a sparse code:
+ *                 out[l] = sum_n vals[n, j] * G[n] (and bias[l] = sum vals[n, j]): the weight
+ *                 gradient of a sparse encode (G = its input) or decode (G = dL/dx_hat); with
+ *                 W, also grad_vals[n, j] = <G[n], W[l]> (a sparse decode's code gradient) from
+ *                 the same read of G[n].
+ *                 Tokens are visited in order, so each G row is read once from memory and
+ *                 stays in L1 for its K pairs; each thread owns a range of latents (rows of
+ *                 out), so the accumulation needs no locks and no sort of the pairs.
  */
 
 #include <math.h>
@@ -345,107 +348,58 @@ int wb_topk_rows(const float *pre, int64_t n, int64_t row_stride, int64_t L, con
     return job.failed ? -2 : 0;
 }
 
-/* Returns 0 on success, -1 when a key is outside [0, rows) (outputs then undefined). */
-int wb_group_by(const int64_t *keys, int64_t N, int64_t rows, int64_t k, int64_t *order,
-                int64_t *offsets, int64_t *bags) {
-    memset(offsets, 0, (size_t)rows * sizeof(int64_t));
-    for (int64_t i = 0; i < N; i++) {
-        int64_t key = keys[i];
-        if (key < 0 || key >= rows) return -1;
-        offsets[key]++;
-    }
-    int64_t start = 0;
-    for (int64_t r = 0; r < rows; r++) {
-        int64_t count = offsets[r];
-        offsets[r] = start;
-        start += count;
-    }
-    /* offsets[r] is used as the write cursor, then restored by shifting. */
-    for (int64_t i = 0; i < N; i++) {
-        int64_t pos = offsets[keys[i]]++;
-        order[pos] = i;
-        bags[pos] = i / k;
-    }
-    for (int64_t r = rows - 1; r > 0; r--) offsets[r] = offsets[r - 1];
-    if (rows > 0) offsets[0] = 0;
-    return 0;
-}
-
-/* Parts of [0, rows) with about equal numbers of pairs (offsets: each key's start in order). */
-static int pair_balanced_bounds(const int64_t *offsets, int64_t rows, int64_t N, int n_threads,
-                                int64_t *bounds) {
-    int parts = clamp_threads(n_threads, rows);
-    bounds[0] = 0;
-    int64_t l = 0;
-    for (int t = 1; t < parts; t++) {
-        int64_t target = N * t / parts;
-        while (l < rows && offsets[l] < target) l++;
-        bounds[t] = l;
-    }
-    bounds[parts] = rows;
-    return parts;
-}
-
 typedef struct {
     const float *vals, *G, *W;
-    const int64_t *order, *offsets, *bags;
-    int64_t N, rows, D;
+    const int64_t *idx;
+    int64_t n, K, D;
     float *out, *bias, *grad_vals;
-    int failed;
-} segment_job;
+} pairs_job;
 
-/* For keys l in [begin, end): out[l] = sum_p vals[order[p]] * G[bags[p]] over l's run (bias[l]
- * = sum of those vals); with W, also grad_vals[order[p]] = <G[bags[p]], W[l]> from the same
- * read of the G row. */
-static void segment_range(void *arg, int64_t begin, int64_t end) {
-    segment_job *job = (segment_job *)arg;
-    int64_t D = job->D;
-    float *acc = malloc((size_t)D * sizeof(float));
-    if (!acc) {
-        job->failed = 1;
-        return;
-    }
-    for (int64_t l = begin; l < end; l++) {
-        int64_t p0 = job->offsets[l], p1 = l + 1 < job->rows ? job->offsets[l + 1] : job->N;
-        const float *restrict w = job->W ? job->W + l * D : NULL;
-        for (int64_t d = 0; d < D; d++) acc[d] = 0.0f;
-        float vsum = 0.0f;
-        for (int64_t p = p0; p < p1; p++) {
-            const float *restrict g = job->G + job->bags[p] * D;
-            float v = job->vals[job->order[p]];
-            vsum += v;
-            if (w) {
-                float part[CHUNK] = {0};
-                int64_t d = 0;
-                for (; d + CHUNK <= D; d += CHUNK)
-                    for (int e = 0; e < CHUNK; e++) part[e] += g[d + e] * w[d + e];
-                float dot = 0.0f;
-                for (; d < D; d++) dot += g[d] * w[d];
-                for (int e = 0; e < CHUNK; e++) dot += part[e];
-                job->grad_vals[job->order[p]] = dot;
+static inline float dot_row(const float *restrict g, const float *restrict w, int64_t D) {
+    float part[CHUNK] = {0};
+    int64_t d = 0;
+    for (; d + CHUNK <= D; d += CHUNK)
+        for (int e = 0; e < CHUNK; e++) part[e] += g[d + e] * w[d + e];
+    float dot = 0.0f;
+    for (; d < D; d++) dot += g[d] * w[d];
+    for (int e = 0; e < CHUNK; e++) dot += part[e];
+    return dot;
+}
+
+/* The pairs whose latent lies in [l0, l1), over all tokens in order. */
+static void pairs_range(void *arg, int64_t l0, int64_t l1) {
+    pairs_job *job = (pairs_job *)arg;
+    int64_t D = job->D, K = job->K;
+    if (job->out) memset(job->out + l0 * D, 0, (size_t)((l1 - l0) * D) * sizeof(float));
+    if (job->bias) memset(job->bias + l0, 0, (size_t)(l1 - l0) * sizeof(float));
+    for (int64_t n = 0; n < job->n; n++) {
+        const float *restrict g = job->G + n * D;
+        const int64_t *ids = job->idx + n * K;
+        for (int64_t j = 0; j < K; j++) {
+            int64_t l = ids[j];
+            if (l < l0 || l >= l1) continue;
+            float v = job->vals[n * K + j];
+            if (job->grad_vals) job->grad_vals[n * K + j] = dot_row(g, job->W + l * D, D);
+            if (job->bias) job->bias[l] += v;
+            if (job->out) {
+                float *restrict o = job->out + l * D;
+                for (int64_t d = 0; d < D; d++) o[d] += v * g[d];
             }
-            for (int64_t d = 0; d < D; d++) acc[d] += v * g[d];
         }
-        if (job->out) memcpy(job->out + l * D, acc, (size_t)D * sizeof(float));
-        if (job->bias) job->bias[l] = vsum;
     }
-    free(acc);
 }
 
-static int run_segments(segment_job *job, int n_threads) {
+/* vals, idx [n, K] (idx in [0, L)), G [n, D]; out [L, D] or NULL, bias [L] or NULL; with W
+ * [L, D], grad_vals [n, K]. Returns 0, or -1 when an index is outside [0, L). */
+int wb_pair_sums(const float *vals, const int64_t *idx, const float *G, const float *W,
+                 int64_t n, int64_t K, int64_t L, int64_t D, float *out, float *bias,
+                 float *grad_vals, int n_threads) {
+    for (int64_t i = 0; i < n * K; i++)
+        if (idx[i] < 0 || idx[i] >= L) return -1;
+    pairs_job job = {vals, G, W, idx, n, K, D, out, bias, W ? grad_vals : NULL};
+    int parts = clamp_threads(n_threads, L);
     int64_t bounds[MAX_THREADS + 1];
-    int parts = pair_balanced_bounds(job->offsets, job->rows, job->N, n_threads, bounds);
-    parallel_ranges(segment_range, job, bounds, parts);
-    return job->failed ? -2 : 0;
-}
-
-/* The backward of x_hat = sum_j vals[n, j] W[idx[n, j]] for G = dL/dx_hat [n, D]:
- * grad_W [rows, D] (or NULL) and grad_vals [N] (or NULL), from one pass over the pairs. */
-int wb_decode_backward(const float *vals, const int64_t *order, const int64_t *offsets,
-                       const int64_t *bags, int64_t N, int64_t rows, const float *G,
-                       const float *W, int64_t D, float *grad_vals, float *grad_W,
-                       int n_threads) {
-    segment_job job = {vals, G, grad_vals ? W : NULL, order, offsets, bags, N, rows, D,
-                       grad_W, NULL, grad_vals, 0};
-    return run_segments(&job, n_threads);
+    even_bounds(L, parts, bounds);
+    parallel_ranges(pairs_range, &job, bounds, parts);
+    return 0;
 }

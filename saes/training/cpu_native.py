@@ -4,9 +4,9 @@ torch.topk on CPU costs about 4 ns per element per row even when k is small; sel
 32 of 4096 pre-activations per token that way takes longer than the encoder matmul itself. The
 C code in `cpu_native.c` keeps a k-slot min-heap per row and skips, with one vectorized compare,
 every chunk of 16 values that cannot enter it, so a row costs about one pass over its values.
-`group_by` replaces a stable argsort of latent ids (backward passes) by an O(N) counting sort,
-and `decode_backward` computes both gradients of a sparse decode from one read of each gradient
-row per selected (token, latent) pair.
+`pair_sums` computes the weight gradients of the sparse encode and decode (and the decode's code
+gradient) in token order, each thread owning a range of latents: every gradient or input row is
+read once while it sits in L1, and no sort of the (token, latent) pairs is needed.
 
 The library is compiled on first use with the system C compiler (`cc`, well under a second, no
 torch headers) into a per-user cache and loaded with ctypes; ctypes releases the GIL and the C
@@ -86,10 +86,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.wb_topk_rows.argtypes = [p, i64, i64, i64, p, i64, i64, p, p, ctypes.c_int]
     lib.wb_topk_rows.restype = ctypes.c_int
-    lib.wb_group_by.argtypes = [p, i64, i64, i64, p, p, p]
-    lib.wb_group_by.restype = ctypes.c_int
-    lib.wb_decode_backward.argtypes = [p, p, p, p, i64, i64, p, p, i64, p, p, ctypes.c_int]
-    lib.wb_decode_backward.restype = ctypes.c_int
+    lib.wb_pair_sums.argtypes = [p, p, p, p, i64, i64, i64, i64, p, p, p, ctypes.c_int]
+    lib.wb_pair_sums.restype = ctypes.c_int
     return lib
 
 
@@ -137,49 +135,26 @@ def topk_rows(pre: torch.Tensor, k: int, columns: torch.Tensor | None = None
     return values, indices
 
 
-def group_by(keys: torch.Tensor, rows: int, k: int
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stable counting sort of keys [n, k] (int64 in [0, rows)) flattened.
-
-    -> order [n*k] (flat positions sorted by key), offsets [rows] (start of each key's run in
-    order), bags [n*k] = order // k (the row each sorted pair came from)."""
-    lib = library()
-    flat = keys.reshape(-1).to(torch.int64).contiguous()
-    order = torch.empty_like(flat)
-    bags = torch.empty_like(flat)
-    offsets = torch.empty(rows, dtype=torch.int64)
-    rc = lib.wb_group_by(flat.data_ptr(), flat.numel(), rows, k,  # type: ignore[union-attr]
-                         order.data_ptr(), offsets.data_ptr(), bags.data_ptr())
-    if rc != 0:
-        raise ValueError(f"latent ids outside [0, {rows})")
-    return order, offsets, bags
-
-
-Grouping = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (order, offsets, bags) of group_by
-
 
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _check(rc: int, what: str) -> None:
-    if rc == -2:
-        raise MemoryError(f"native {what}: out of memory")
+def pair_sums(vals: torch.Tensor, idx: torch.Tensor, G: torch.Tensor, rows: int,
+              with_bias: bool = False, W: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Over the (token n, latent l = idx[n, j]) pairs of a sparse code vals, idx [n, K]:
+    out[l] = sum vals[n, j] * G[n] -> [rows, d] (G [n, d]); bias[l] = sum vals[n, j] -> [rows]
+    when with_bias; with W [rows, d] also grad_vals[n, j] = <G[n], W[l]> -> [n, K]. All float32."""
+    vals, idx, G = vals.contiguous(), idx.to(torch.int64).contiguous(), G.contiguous()
+    out = torch.empty(rows, G.shape[1], dtype=torch.float32)
+    bias = torch.empty(rows, dtype=torch.float32) if with_bias else None
+    grad_vals = torch.empty_like(vals) if W is not None else None
+    if W is not None:
+        W = W.contiguous()
+    rc = library().wb_pair_sums(  # type: ignore[union-attr]
+        vals.data_ptr(), idx.data_ptr(), G.data_ptr(), _ptr(W), idx.shape[0], idx.shape[1], rows,
+        G.shape[1], out.data_ptr(), _ptr(bias), _ptr(grad_vals), torch.get_num_threads())
     if rc != 0:
-        raise ValueError(f"native {what} rejected its arguments")
-
-
-def decode_backward(vals: torch.Tensor, grouping: Grouping, G: torch.Tensor, W: torch.Tensor,
-                    want_vals: bool, want_W: bool
-                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of x_hat[n] = sum_j vals[n, j] W[idx[n, j]] given G = dL/dx_hat [n, d]:
-    (grad_vals [n, K] | None, grad_W [L, d] | None), from one pass over the (n, j) pairs."""
-    order, offsets, bags = grouping
-    vals, G, W = vals.contiguous(), G.contiguous(), W.contiguous()
-    grad_vals = torch.empty_like(vals) if want_vals else None
-    grad_W = torch.empty_like(W) if want_W else None
-    _check(library().wb_decode_backward(  # type: ignore[union-attr]
-        vals.data_ptr(), order.data_ptr(), offsets.data_ptr(), bags.data_ptr(), order.numel(),
-        W.shape[0], G.data_ptr(), W.data_ptr(), W.shape[1], _ptr(grad_vals), _ptr(grad_W),
-        torch.get_num_threads()), "decode_backward")
-    return grad_vals, grad_W
+        raise ValueError(f"latent ids outside [0, {rows})")
+    return out, bias, grad_vals

@@ -15,9 +15,10 @@ gradient primitives `gather_sum` / `segment_sum`):
             pre-activations the main encode of the same step left in the buffer: no second
             matmul
     decode  embedding_bag over the selected decoder rows
-    grads   touch only the selected latents: per-latent sums by one counting sort (native) or
-            argsort + embedding_bag, dL/dvalues by ATen's embedding_bag per-sample-weight
-            backward (no [n, k, d] copy)
+    grads   touch only the selected latents: per-latent sums of the selected pairs in token
+            order, each thread owning a range of latents (native), or argsort + embedding_bag;
+            dL/dvalues of the decode in the same native pass, or by ATen's embedding_bag
+            per-sample-weight backward (no [n, k, d] copy)
   Values come back unsorted within a row (callers must not rely on order).
 """
 
@@ -108,6 +109,9 @@ def cpu_segment_sum(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """out[l] = sum over (n, j) with idx[n, j] = l of vals[n, j] * G[n] -> [rows, d]
     (and the per-latent sums of vals [rows] when with_bias), by sorting the pairs by latent."""
+    if _native_floats(vals, G):
+        out, bias, _ = cpu_native.pair_sums(vals, idx, G, rows, with_bias)
+        return out, bias
     flat = idx.reshape(-1)
     flat_vals = vals.reshape(-1)
     order, offsets, bags = _sorted_by_latent(idx, rows)
@@ -130,14 +134,10 @@ def _sorted_by_latent(idx: torch.Tensor, rows: int
         ref, version, n, result = _LAST_SORT[0]
         if ref() is idx and version == idx._version and n == rows:
             return result
-    k = idx.shape[1]
-    if idx.device.type == "cpu" and cpu_native.available():
-        result = cpu_native.group_by(idx, rows, k)
-    else:
-        flat = idx.reshape(-1)
-        order = torch.argsort(flat.to(torch.int32) if rows < 2**31 else flat, stable=True)
-        counts = torch.bincount(flat, minlength=rows)
-        result = (order, torch.cumsum(counts, 0) - counts, order // k)
+    flat = idx.reshape(-1)
+    order = torch.argsort(flat.to(torch.int32) if rows < 2**31 else flat, stable=True)
+    counts = torch.bincount(flat, minlength=rows)
+    result = (order, torch.cumsum(counts, 0) - counts, order // idx.shape[1])
     _LAST_SORT[:] = [(weakref.ref(idx), idx._version, rows, result)]
     return result
 
@@ -288,8 +288,8 @@ class _CPUSparseDecode(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         want_values, want_W = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         if (want_values or want_W) and _native_floats(values, grad_out, W):
-            grad_values, grad_W = cpu_native.decode_backward(
-                values, _sorted_by_latent(indices, W.shape[0]), grad_out, W, want_values, want_W)
+            grad_W, _, grad_values = cpu_native.pair_sums(values, indices, grad_out, W.shape[0],
+                                                          W=W if want_values else None)
         else:
             grad_values = cpu_gather_dot(grad_out, indices, W) if want_values else None
             grad_W = cpu_segment_sum(values, indices, grad_out, W.shape[0])[0] if want_W else None

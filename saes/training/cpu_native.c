@@ -1,4 +1,4 @@
-/* Row-wise top-k selection and a counting sort for the SAE trainer's CPU kernels.
+/* Row-wise top-k selection and sparse-code gradient sums for the SAE trainer's CPU kernels.
  *
  * Plain C (no torch headers: compiles in well under a second), called through ctypes on the
  * data pointers of contiguous tensors; rows are split over POSIX threads. See cpu_native.py.
@@ -351,8 +351,9 @@ int wb_topk_rows(const float *pre, int64_t n, int64_t row_stride, int64_t L, con
 typedef struct {
     const float *vals, *G, *W;
     const int64_t *idx;
-    int64_t n, K, D;
+    int64_t n, K, L, D;
     float *out, *bias, *grad_vals;
+    int bad_index; /* set by the part owning latent 0 when an index lies outside [0, L) */
 } pairs_job;
 
 static inline float dot_row(const float *restrict g, const float *restrict w, int64_t D) {
@@ -377,7 +378,10 @@ static void pairs_range(void *arg, int64_t l0, int64_t l1) {
         const int64_t *ids = job->idx + n * K;
         for (int64_t j = 0; j < K; j++) {
             int64_t l = ids[j];
-            if (l < l0 || l >= l1) continue;
+            if (l < l0 || l >= l1) {
+                if (l0 == 0 && (l < 0 || l >= job->L)) job->bad_index = 1;
+                continue;
+            }
             float v = job->vals[n * K + j];
             if (job->grad_vals) job->grad_vals[n * K + j] = dot_row(g, job->W + l * D, D);
             if (job->bias) job->bias[l] += v;
@@ -390,16 +394,15 @@ static void pairs_range(void *arg, int64_t l0, int64_t l1) {
 }
 
 /* vals, idx [n, K] (idx in [0, L)), G [n, D]; out [L, D] or NULL, bias [L] or NULL; with W
- * [L, D], grad_vals [n, K]. Returns 0, or -1 when an index is outside [0, L). */
+ * [L, D], grad_vals [n, K]. Returns 0, or -1 when an index is outside [0, L) (outputs are then
+ * incomplete). */
 int wb_pair_sums(const float *vals, const int64_t *idx, const float *G, const float *W,
                  int64_t n, int64_t K, int64_t L, int64_t D, float *out, float *bias,
                  float *grad_vals, int n_threads) {
-    for (int64_t i = 0; i < n * K; i++)
-        if (idx[i] < 0 || idx[i] >= L) return -1;
-    pairs_job job = {vals, G, W, idx, n, K, D, out, bias, W ? grad_vals : NULL};
+    pairs_job job = {vals, G, W, idx, n, K, L, D, out, bias, W ? grad_vals : NULL, 0};
     int parts = clamp_threads(n_threads, L);
     int64_t bounds[MAX_THREADS + 1];
     even_bounds(L, parts, bounds);
     parallel_ranges(pairs_range, &job, bounds, parts);
-    return 0;
+    return job.bad_index ? -1 : 0;
 }

@@ -1,9 +1,10 @@
-"""Native CPU helpers for the trainer's CPU kernels: row-wise top-k and a counting sort.
+"""Native CPU helpers for the trainer's CPU kernels: row-wise top-k and sparse-code gradients.
 
 torch.topk on CPU costs about 4 ns per element per row even when k is small; selecting the top
 32 of 4096 pre-activations per token that way takes longer than the encoder matmul itself. The
-C code in `cpu_native.c` keeps a k-slot min-heap per row and skips, with one vectorized compare,
-every chunk of 16 values that cannot enter it, so a row costs about one pass over its values.
+C code in `cpu_native.c` bounds each row's k-th largest value from below (segment maxima, or the
+last rows' k-th values as a guess), collects with one vectorized compare per 16 values only the
+few that reach it, and cuts those to k, so a row costs about one pass over its values.
 `pair_sums` computes the weight gradients of the sparse encode and decode (and the decode's code
 gradient) in token order, each thread owning a range of latents: every gradient or input row is
 read once while it sits in L1, and no sort of the (token, latent) pairs is needed.
@@ -23,7 +24,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
@@ -69,15 +69,14 @@ def _load() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
-    source = SOURCE.read_bytes()
+    build = SOURCE.read_bytes() + compiler.encode() + _machine_key().encode()
     for flags in _FLAG_SETS:
-        key = hashlib.sha256(source + " ".join(flags).encode() + compiler.encode()
-                             + _machine_key().encode()).hexdigest()[:16]
-        target = _cache_dir() / f"cpu_native-{key}.so"
+        key = hashlib.sha256(build + " ".join(flags).encode()).hexdigest()[:16]
         try:
+            target = _cache_dir() / f"cpu_native-{key}.so"
             if target.exists() or _compile(compiler, flags, target):
                 return _bind(ctypes.CDLL(str(target)))
-        except (OSError, subprocess.SubprocessError):
+        except (OSError, RuntimeError, subprocess.SubprocessError):  # RuntimeError: no home
             continue
     return None
 
@@ -92,20 +91,19 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 
 def library() -> ctypes.CDLL | None:
-    """The loaded library (compiled on first call), or None where it cannot be built."""
+    """The loaded library (compiled on first call), or None where it cannot be built (a
+    missing or broken compiler, an unwritable cache: `_load` gives up quietly)."""
     if "lib" not in _STATE:
-        try:
-            _STATE["lib"] = _load()
-        except (OSError, subprocess.SubprocessError, AttributeError) as exc:  # a broken
-            # toolchain or a stale library must not break training
-            warnings.warn(f"native CPU kernels unavailable ({exc}); using the PyTorch path",
-                          stacklevel=2)
-            _STATE["lib"] = None
+        _STATE["lib"] = _load()
     return _STATE["lib"]  # type: ignore[return-value]
 
 
 def available() -> bool:
     return library() is not None
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
 
 def usable_rows(pre: torch.Tensor) -> bool:
@@ -117,7 +115,8 @@ def usable_rows(pre: torch.Tensor) -> bool:
 def topk_rows(pre: torch.Tensor, k: int, columns: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top k of each row of pre [n, L] (among `columns` [C] int64 when given) -> values [n, k]
-    float32 and column indices [n, k] int64, unsorted within a row. Requires usable_rows(pre)."""
+    float32 and column indices [n, k] int64, in increasing column order within a row (so the
+    result depends on the row alone). Requires usable_rows(pre)."""
     lib = library()
     n, L = pre.shape
     if columns is not None:
@@ -128,16 +127,11 @@ def topk_rows(pre: torch.Tensor, k: int, columns: torch.Tensor | None = None
     values = torch.empty(n, k, dtype=torch.float32)
     indices = torch.empty(n, k, dtype=torch.int64)
     rc = lib.wb_topk_rows(  # type: ignore[union-attr]
-        pre.data_ptr(), n, pre.stride(0), L, None if columns is None else columns.data_ptr(),
+        pre.data_ptr(), n, pre.stride(0), L, _ptr(columns),
         width, k, values.data_ptr(), indices.data_ptr(), torch.get_num_threads())
     if rc != 0:
         raise ValueError("native top-k rejected its arguments")
     return values, indices
-
-
-
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
 
 
 def pair_sums(vals: torch.Tensor, idx: torch.Tensor, G: torch.Tensor, rows: int,

@@ -156,8 +156,8 @@ def exact_topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top k of each row of pre [n, L] -> (values [n, k], indices [n, k]), rows unsorted.
 
     The native selection (`cpu_native`) when it is built and pre is a float32 CPU matrix with
-    contiguous rows. Otherwise two-level when it pays: latents are split into n_blocks = L / b strided blocks (latent j in
-    block j mod n_blocks); any latent outside the k blocks with the largest maxima is beaten by
+    contiguous rows. Otherwise two-level when it pays: latents are split into n_blocks = L / b
+    strided blocks (latent j in block j mod n_blocks); any latent outside the k blocks with the largest maxima is beaten by
     those k maxima, so the top k lies among the k * b candidates of those blocks (exact up to
     ties). Falls back to torch.topk when L is not a multiple of the block size or k is large.
     """

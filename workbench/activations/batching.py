@@ -93,15 +93,10 @@ def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
     channel: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
-    def produce() -> None:
+    def produce() -> None:  # a put blocked on a full queue is freed by the consumer's drain
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        channel.put(item, timeout=0.05)
-                        break
-                    except queue.Full:
-                        continue
+                channel.put(item)
                 if stop.is_set():
                     return
             channel.put(_DONE)

@@ -80,12 +80,14 @@ def fusable_modules(model, hook: str | None = None) -> list[tuple[torch.nn.Modul
     """(module, fused forward) pairs `fused_forward` would swap when computing `hook`: none of
     the attention cores when the hook is inside the attention pattern computation, none of the
     norms when it is a norm's hook_scale / hook_normalized."""
+    from transformer_lens.components import AbstractAttention
+
     last = hook.rsplit(".", 1)[-1] if hook else ""
     norms = {} if last in _NORM_HOOKS else _norm_forwards()
-    fuse_attention = last not in _ATTENTION_HOOKS
+    attention = AbstractAttention if last not in _ATTENTION_HOOKS else ()
     pairs = []
-    for module in model.modules():
-        if fuse_attention and attention_is_plain(module):
+    for module in model.modules():  # runs for every forward pass: cheap tests first
+        if isinstance(module, attention) and attention_is_plain(module):
             pairs.append((module, _fused_attention_forward))
         elif type(module) in norms and getattr(module.cfg, "dtype", None) in (torch.float32,
                                                                             torch.float64):
@@ -107,8 +109,9 @@ def fused_forward(model, hook: str | None = None) -> Iterator[int]:
             del module.forward
 
 
-def _fused_attention_forward(attn, query_input, key_input, value_input, past_kv_cache_entry=None,
-                   additive_attention_mask=None, attention_mask=None, position_bias=None):
+def _fused_attention_forward(attn, query_input, key_input, value_input,
+                             past_kv_cache_entry=None, additive_attention_mask=None,
+                             attention_mask=None, position_bias=None):
     """AbstractAttention.forward for plain causal attention (inputs [batch, pos, d_model])."""
     if any(t is not None for t in (past_kv_cache_entry, additive_attention_mask, attention_mask,
                                    position_bias)):

@@ -16,7 +16,7 @@ Baselines: encode ``torch.topk(torch.relu(x @ W.T + b), k)``; decode a dense cod
 (dense causal).
 
 Use ``run_kernel_benchmarks()`` (returns rows as dicts) and ``format_table(rows)``; the command
-line is ``workbench bench kernels [--quick] [--json]`` (workbench/cli/bench_kernels.py).
+line is ``workbench bench kernels [--quick] [--json]`` (app/cli/bench_kernels.py).
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ def test_store_errors(setup, store):
 def test_cli_cache_and_show(setup, monkeypatch):
     from typer.testing import CliRunner
 
-    from workbench.cli import app
+    from app.cli import app
 
     lab, _, _ = setup
     monkeypatch.setenv("WORKBENCH_LAB", str(lab.root))

@@ -13,7 +13,7 @@ def run_cli(*args: str, lab=None) -> subprocess.CompletedProcess:
     env = {**os.environ}
     if lab is not None:
         env["WORKBENCH_LAB"] = str(lab)
-    return subprocess.run([sys.executable, "-m", "workbench.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env,
                           capture_output=True, text=True, timeout=300, check=False)
 
 

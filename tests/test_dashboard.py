@@ -43,7 +43,7 @@ def served_lab(tmp_path):
     port = _free_port()
     env = {**os.environ, "WORKBENCH_LAB": str(lab.root)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench.cli", "app", "--port", str(port)],
+        [sys.executable, "-m", "app.cli", "app", "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:

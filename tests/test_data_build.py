@@ -136,7 +136,7 @@ def test_existing_corpus_needs_overwrite(tmp_path):
 
 
 def test_cli_build_show_and_missing_package_error(tmp_path, monkeypatch, capsys):
-    from workbench.cli import main
+    from app.cli import main
 
     monkeypatch.setenv("WORKBENCH_LAB", str(tmp_path / "lab"))
     texts = _write(tmp_path / "texts", ENGLISH + GERMAN)

@@ -193,7 +193,7 @@ def test_bad_settings_are_rejected_before_training(lab):
 
 
 def test_cli(lab, monkeypatch):
-    from workbench.cli import app
+    from app.cli import app
 
     monkeypatch.setenv("WORKBENCH_LAB", str(lab.root))
     runner = CliRunner()
@@ -214,7 +214,7 @@ def test_cli(lab, monkeypatch):
     assert out.exit_code == 0 and out.output.startswith("Das")
     out = runner.invoke(app, ["lm", "hooks", "--model", "cli-lm"])
     assert "blocks.{0..1}.attn.hook_rot_q" in out.output
-    from workbench.cli import main
+    from app.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["lm", "generate", "--model", "cli-lm", "--max-new-tokens", "500"])

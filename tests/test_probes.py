@@ -144,7 +144,7 @@ def test_language_probe_on_cached_activations(lab_with_acts):
 
 
 def test_probe_cli_on_cached_activations(lab_with_acts, monkeypatch):
-    from workbench.cli import app
+    from app.cli import app
 
     lab, store = lab_with_acts
     monkeypatch.setenv("WORKBENCH_LAB", str(lab.root))
@@ -161,7 +161,7 @@ def test_probe_cli_on_cached_activations(lab_with_acts, monkeypatch):
 
 
 def test_probe_cli_on_a_live_model(lab_with_acts, monkeypatch):
-    from workbench.cli import app
+    from app.cli import app
 
     lab, _ = lab_with_acts
     monkeypatch.setenv("WORKBENCH_LAB", str(lab.root))

@@ -186,7 +186,7 @@ def test_live_model_training_and_hook_check(tmp_path):
 def test_cli_train_sweep_import_from_a_store(tmp_path):
     from tests.fixtures_lab import small_lm_setup
     from workbench.activations import cache_activations
-    from workbench.cli import app
+    from app.cli import app
 
     lab, corpus, model = small_lm_setup(tmp_path)
     cache_activations(lab, "acts", model, "blocks.0.hook_resid_post", corpus, 4096,

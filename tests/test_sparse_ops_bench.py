@@ -64,7 +64,7 @@ def test_mask_for_sparsity_hits_the_target():
 
 
 def test_cli_kernels_command(tiny_plan):
-    from workbench.cli.bench_kernels import register
+    from app.cli.bench_kernels import register
 
     app = typer.Typer()
     bench_app = typer.Typer()

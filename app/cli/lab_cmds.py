@@ -1,4 +1,4 @@
-"""`workbench lab ...`: list, show, remove and rescan artifacts; list jobs."""
+"""`workbench lab ...`: list, show, remove and rescan artifacts; build recipes; list jobs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import typer
 
-from workbench.cli.common import echo_json, echo_table, get_lab
+from app.cli.common import echo_json, echo_table, get_lab
 
 lab_app = typer.Typer(help="Inspect the lab: artifacts and jobs.", no_args_is_help=True)
 
@@ -67,6 +67,24 @@ def remove(name: str) -> None:
 def rescan() -> None:
     """Rebuild the catalog from the artifact folders."""
     typer.echo(f"{get_lab().rescan()} artifacts in the catalog")
+
+
+def _recipe_help() -> str:
+    from app.recipes import RECIPES
+
+    lines = "\n".join(f"  {r.name}: {r.summary}" for r in RECIPES.values())
+    return ("Build a lab recipe: make whatever of its artifacts is missing (an interrupted "
+            f"build resumes).\n\nRecipes:\n\n{lines}")
+
+
+@lab_app.command("build", help=_recipe_help())
+def build(
+    recipe: str = typer.Argument(..., help="Recipe name (listed below)."),
+    quick: bool = typer.Option(False, "--quick", help="A small size of the recipe, for tests."),
+) -> None:
+    from app.recipes import get_recipe
+
+    get_recipe(recipe).build(get_lab(), echo=typer.echo, quick=quick)
 
 
 @lab_app.command("jobs")

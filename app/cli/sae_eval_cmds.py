@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from workbench.cli.common import echo_json, echo_table, get_lab
+from app.cli.common import echo_json, echo_table, get_lab
 
 HEADLINE = ("nmse", "fvu", "explained_variance", "l0", "dead_fraction", "shrinkage",
             "eps_lbo_median", "ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation",

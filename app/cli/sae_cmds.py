@@ -22,7 +22,7 @@ from typing import Any
 
 import typer
 
-from workbench.cli.common import echo_json, echo_table, get_lab
+from app.cli.common import echo_json, echo_table, get_lab
 from workbench.errors import InvalidInputError
 
 sae_app = typer.Typer(help="Sparse autoencoders: train, sweep, import (and evaluate).",
@@ -254,9 +254,9 @@ def import_command(
 
 def _add_eval_commands() -> None:
     try:
-        from workbench.cli import sae_eval_cmds
+        from app.cli import sae_eval_cmds
     except ModuleNotFoundError as exc:
-        if exc.name != "workbench.cli.sae_eval_cmds":
+        if exc.name != "app.cli.sae_eval_cmds":
             raise
         return
     sae_eval_cmds.add_commands(sae_app)

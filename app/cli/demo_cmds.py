@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from workbench.cli.common import get_lab
+from app.cli.common import get_lab
 
 
 def serve_dashboard(host: str = "127.0.0.1", port: int = 8501) -> None:
@@ -49,9 +49,9 @@ def demo_command(
     port: int = typer.Option(8501, help="Dashboard port."),
 ) -> None:
     """Build the default lab (first run only; later runs reuse it), then serve the dashboard."""
-    from workbench.cli.default_recipe import build_default_lab
+    from app.recipes import get_recipe
 
-    build_default_lab(get_lab(), echo=typer.echo)
+    get_recipe("default").build(get_lab(), echo=typer.echo)
     if serve:
         serve_dashboard(host, port)
 

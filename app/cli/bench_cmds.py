@@ -11,8 +11,8 @@ import importlib
 
 import typer
 
-from workbench.cli.common import echo_json, get_lab
-from workbench.cli.sae_cmds import passive_openmp
+from app.cli.common import echo_json, get_lab
+from app.cli.sae_cmds import passive_openmp
 from workbench.errors import InvalidInputError
 
 bench_app = typer.Typer(help="Benchmarks: SAE training speed, kernels, SAE quality.",
@@ -58,9 +58,9 @@ def sae_train(
 def _add_optional(module: str) -> None:
     """Let another area's module add its bench commands (skipped until it exists)."""
     try:
-        mod = importlib.import_module(f"workbench.cli.{module}")
+        mod = importlib.import_module(f"app.cli.{module}")
     except ModuleNotFoundError as exc:
-        if exc.name != f"workbench.cli.{module}":
+        if exc.name != f"app.cli.{module}":
             raise
         return
     mod.register(bench_app)

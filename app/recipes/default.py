@@ -10,8 +10,6 @@ stopped, and the second run only starts the dashboard):
 5. `default-lang-probe`  language-ID probe at that hook (validated on held-out documents)
 6. `default-topk`, `default-topafa`  a TopK and a top-AFA SAE trained in one pass, each with its
    evaluation (eval.json) and feature statistics (Parquet)
-
-This lives in the CLI layer because it reaches into every package (core, saes).
 """
 
 from __future__ import annotations
@@ -138,3 +136,8 @@ def _sae_reports(lab: Lab, r: DefaultRecipe, sae: str, echo: Callable[[str], Non
     if not (art.path / "feature_stats.parquet").exists():
         echo(f"[demo] feature statistics of {sae} ...")
         compute_feature_stats(lab, sae, n_tokens=r.stats_tokens)
+
+
+def build(lab: Lab, echo: Callable[[str], None] = print, quick: bool = False) -> None:
+    """Recipe entry (`workbench lab build default`); `quick` has no smaller size here."""
+    build_default_lab(lab, echo=echo)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from workbench.cli.common import echo_json, echo_table, get_lab
+from app.cli.common import echo_json, echo_table, get_lab
 from workbench.models.train_config import LMTrainConfig
 
 _DEFAULTS = LMTrainConfig()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from workbench.cli.common import echo_json, echo_table, get_lab
+from app.cli.common import echo_json, echo_table, get_lab
 
 acts_app = typer.Typer(help="Activation caches: sharded activations at one hook point.",
                        no_args_is_help=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from workbench.cli.common import echo_json, get_lab
+from app.cli.common import echo_json, get_lab
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -48,7 +48,7 @@ def sae_quality_command(
 ) -> None:
     """Train and compare TopK, BatchTopK, top-AFA and structured SAEs at matched L0."""
     from saes.bench_quality import QualityBenchConfig, format_report, run_quality_bench
-    from workbench.cli.default_recipe import DefaultRecipe
+    from app.recipes.default import DefaultRecipe
 
     lab = get_lab()
     if acts is None and lab.exists(DefaultRecipe.acts):

@@ -47,7 +47,7 @@ def _root(
 
 def _register_areas() -> None:
     for module in AREA_MODULES:
-        importlib.import_module(f"workbench.cli.{module}").register(app)
+        importlib.import_module(f"app.cli.{module}").register(app)
 
 
 _register_areas()

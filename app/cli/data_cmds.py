@@ -6,7 +6,7 @@ import textwrap
 
 import typer
 
-from workbench.cli.common import echo_json, echo_table, get_lab
+from app.cli.common import echo_json, echo_table, get_lab
 
 data_app = typer.Typer(help="Corpora: build them from recipes or sources and inspect them.",
                        no_args_is_help=True)

@@ -1,0 +1,51 @@
+"""Lab recipes: named builds that reach across the layers (`workbench lab build RECIPE`).
+
+A recipe is a function `build(lab, echo, quick=False)` that makes whatever of its artifacts is
+missing (each step is skipped when its artifact exists, so an interrupted build resumes) and
+prints one line per step through `echo`. Recipes live in `app` because they use every package
+(core, saes, steering). Register a new one with `@recipe("name", "one-line summary")`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from workbench.errors import NotFoundError
+from workbench.lab import Lab
+
+BuildFn = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    summary: str
+    module: str  # module under app.recipes that defines `build(lab, echo, quick=False)`
+
+    def build(self, lab: Lab, echo: Callable[[str], None] = print, quick: bool = False) -> None:
+        module = importlib.import_module(f"app.recipes.{self.module}")
+        module.build(lab, echo=echo, quick=quick)
+
+
+# The registry: name -> Recipe. Modules are imported only when their recipe is built, so
+# listing recipes stays fast.
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("default", "multilingual corpus, tokenizer, LM, activations, probe, SAEs "
+               "(what `workbench demo` builds)", "default"),
+    )
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called `name`; NotFoundError listing the known ones otherwise."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise NotFoundError(
+            f"unknown lab recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))} "
+            "(see `workbench lab build --help`)"
+        ) from None

@@ -27,7 +27,16 @@ from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class
 from saes.structured import StructuredSAE, StructuredSAEConfig
 from saes.topafa import TopAFASAE, TopAFASAEConfig
 
-ARCHITECTURES = ("topk", "batchtopk", "topafa", "structured", "relu", "jumprelu")
+ARCHITECTURES: dict[str, str] = {
+    "topk": "TopK + AuxK, saved as sae_lens.TopKSAE",
+    "batchtopk": "BatchTopK + AuxK, saved as sae_lens.JumpReLUSAE (learned threshold)",
+    "topafa": "top-AFA + AuxK, saved as saes.topafa.TopAFASAE",
+    "structured": "grouped posteriors + AuxK, saved as saes.structured.StructuredSAE",
+    "relu": "ReLU + L1 (decoder-norm weighted), saved as sae_lens.StandardSAE",
+    "jumprelu": "JumpReLU + L0 (straight-through), saved as sae_lens.JumpReLUSAE",
+}
+"""The SAE architectures the workbench trains (the one list: config validation, the trainable
+classes in saes/training/step.py and the CLI's choices all derive from it)."""
 
 
 def _register_with_sae_lens() -> None:
@@ -46,6 +55,7 @@ _LAZY = {
     "import_sae": "saes.interop",
     "SAETrainConfig": "saes.training.config",
     "train_saes": "saes.training.trainer",
+    "SAETrainer": "saes.training.step",
 }
 
 

@@ -1,7 +1,8 @@
 """Structured (grouped-posterior) SAE as a sae-lens `SAE` ("structured").
 
 After "I Predict Therefore I Am" (arXiv 2503.08980) and Concept Component Analysis (arXiv
-2601.20420); this project's formulation (methods/saes.md):
+2601.20420); this project's formulation, in which each group's values compete through a
+softmax with a "null" value and a shared magnitude scales the winners:
 
     G groups, each a discrete concept with m values plus a "null" value (concept absent)
     u = (x - b_dec) W_enc + b_enc                  [..., G*(m+1)], per group [m values, null]

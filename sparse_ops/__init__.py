@@ -1,13 +1,17 @@
 """sparse_ops: Triton kernels for the sparsity workbench's hot paths, with PyTorch references.
 
-Every kernel has a PyTorch reference (the definition of correct), a dispatch (Triton on CUDA,
-the reference elsewhere; ``backend="auto" | "triton" | "torch"``), autograd where training needs
-it, interpreter tests (``TRITON_INTERPRET=1``) and a benchmark (``sparse_ops.bench``).
+Every kernel has a PyTorch reference (the definition of correct), one dispatch (Triton on CUDA;
+the native CPU kernels of ``cpu_native`` for encode/decode on CPU where they build, the
+reference otherwise; ``backend="auto" | "cpu" | "triton" | "torch"``, see ``dispatch``), autograd
+where training needs it, interpreter tests (``TRITON_INTERPRET=1``) and a benchmark (``sparse_ops.bench``).
 Depends only on torch; triton is imported lazily, so the package imports without it.
 
 Public API (stable names):
 
-* ``topk_encode(x, W_enc, b_enc, k, backend="auto") -> (values, indices)``
+* ``topk_encode(x, W_enc, b_enc, k, backend="auto") -> (values, indices)`` (``sort=False`` leaves
+  rows unsorted; ``keep_preactivations=True`` also returns the cpu backend's pre-activations)
+* ``topk_encode_among(x, W_enc, b_enc, k, columns, backend="auto", preactivations=None)
+  -> (values, latent ids)``: the top k among some latents (AuxK's dead ones)
 * ``sparse_decode(values, indices, W_dec, b_dec, backend="auto") -> x_hat``
 * ``topafa_select(values, indices, dec_norms, z_norm) -> (values_masked, k_per_row)``
 * ``topafa_encode(z, W_enc, b_enc, k_max, dec_norms, backend="auto")
@@ -17,7 +21,7 @@ Public API (stable names):
 * ``blasst_attention(q, k, v, threshold, block_size, backend="auto") -> (out, computed_fraction)``
 * block indices: ``topk_block_index``, ``vertical_slash_index``, ``block_mask_to_lists``,
   ``block_lists_to_mask``, ``computed_fraction``
-* ``resolve_backend(backend, device) -> "triton" | "torch"``
+* ``resolve_backend(backend, device) -> "triton" | "cpu" | "torch"``; ``BACKENDS``
 * references: ``topk_encode_reference``, ``sparse_decode_reference``,
   ``block_sparse_attention_reference``, ``blasst_attention_reference``,
   ``dense_causal_attention``
@@ -39,6 +43,7 @@ from sparse_ops.block_index import (
 )
 from sparse_ops.decode import sparse_decode, sparse_decode_reference
 from sparse_ops.dispatch import (
+    BACKENDS,
     SparseOpsInputError,
     interpreter_enabled,
     resolve_backend,
@@ -48,10 +53,12 @@ from sparse_ops.encode import (
     topafa_encode,
     topafa_select,
     topk_encode,
+    topk_encode_among,
     topk_encode_reference,
 )
 
 __all__ = [
+    "BACKENDS",
     "SparseOpsInputError",
     "blasst_attention",
     "blasst_attention_reference",
@@ -70,6 +77,7 @@ __all__ = [
     "topafa_select",
     "topk_block_index",
     "topk_encode",
+    "topk_encode_among",
     "topk_encode_reference",
     "triton_available",
     "vertical_slash_index",

@@ -104,7 +104,7 @@ def blasst_attention(
         threshold: lambda in [0, 1): skip a block when every row's block max is below
             running max + ln(lambda). 0 = never skip (exact attention).
         block_size: key/query block size (power of two in [16, 256] for Triton).
-        backend: "auto" | "triton" | "torch".
+        backend: "auto" | "triton" | "torch" ("cpu" runs the reference: no native attention).
         sm_scale: softmax scale (default 1 / sqrt(head_dim)).
 
     Returns:

@@ -130,7 +130,7 @@ def block_sparse_attention(
         block_index: bool mask [B|1, H|1, n_blocks, n_blocks] or (kv_indices, kv_counts); see
             sparse_ops.block_index (n_blocks = ceil(seq / block_size)).
         block_size: tokens per block (power of two in [16, 256] for Triton).
-        backend: "auto" | "triton" | "torch".
+        backend: "auto" | "triton" | "torch" ("cpu" runs the reference: no native attention).
         sm_scale: softmax scale (default 1 / sqrt(head_dim)).
 
     Returns:

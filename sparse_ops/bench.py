@@ -5,11 +5,13 @@ alternating), the time ratio ours / baseline (and the speedup, its inverse), the
 of each call (bytes allocated beyond what existed before the call) and their ratio.
 
 * CUDA: ``backend="auto"`` runs the Triton kernels; peak memory from
-  ``torch.cuda.max_memory_allocated``. Shapes from the method note (SAE: 8192 tokens, bf16;
+  ``torch.cuda.max_memory_allocated``. Shapes of real workloads (SAE: 8192 tokens, bf16;
   attention: head dim 128, 4k-32k tokens, blocks 64/128, 50-95% sparsity).
-* CPU: the PyTorch reference path against the same baselines on small shapes (Triton's
-  interpreter is for correctness only and is never timed here); peak memory from the PyTorch
-  profiler's memory timeline. These numbers say nothing about the GPU kernels.
+* CPU: ``backend="auto"`` again: the native CPU kernels for encode and decode where they build
+  (the PyTorch reference otherwise), the PyTorch reference for attention, against the same
+  baselines on small shapes (Triton's interpreter is for correctness only and is never timed
+  here); peak memory from the PyTorch profiler's memory timeline. These numbers say nothing
+  about the GPU kernels.
 
 Baselines: encode ``torch.topk(torch.relu(x @ W.T + b), k)``; decode a dense code
 (``scatter``) times W_dec, and ``F.embedding_bag``; attention ``F.scaled_dot_product_attention``
@@ -250,7 +252,8 @@ def _bench_attention(kernel: str, run, shape: AttentionShape, q, k, v, label: st
     )
     name = (f"B={shape.batch} H={shape.heads} S={shape.seq} D={shape.head_dim} "
             f"blk={shape.block}{label}")
-    return [_row(kernel, name, resolve_backend("auto", device), "SDPA causal (dense)", device,
+    backend = "triton" if resolve_backend("auto", device) == "triton" else "torch"  # no cpu kernel
+    return [_row(kernel, name, backend, "SDPA causal (dense)", device,
                  dtype, cmp, computed_fraction=fraction)]
 
 

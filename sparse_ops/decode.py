@@ -8,8 +8,13 @@ dL/dW_dec by a *sorted* scatter-add: the (latent, token) pairs are sorted by lat
 latent's segment is reduced by one program, so hot latents cause no atomic contention and the
 result is deterministic. dL/db_dec = dL/dx_hat summed over tokens.
 
+On the native CPU backend (``backend="cpu"``) the weight gradient is summed in token order
+instead, each thread owning a range of latents (``cpu_native.pair_sums``, no sort), and
+dL/dvalues comes from the same pass.
+
 The three sparse primitives below (``gather_sum``, ``gather_dot``, ``segment_sum``) are also the
-building blocks of the fused encoder's backward pass (``sparse_ops/encode.py``).
+building blocks of the fused encoder's backward pass (``sparse_ops/encode.py``); each takes the
+backend ``"torch"``, ``"cpu"`` or ``"triton"``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sparse_ops import cpu_native
 from sparse_ops.dispatch import (
     check_indices,
     check_same_device,
@@ -64,7 +70,7 @@ def gather_sum(
 ) -> torch.Tensor:
     """out[t] = sum_j vals[t, j] * W[idx[t, j]] (+ bias): [T, k] x [L, D] -> [T, D]."""
     out_dtype = out_dtype or W.dtype
-    if backend == "torch":
+    if backend in ("torch", "cpu"):  # embedding_bag is ATen's own CPU kernel
         out = F.embedding_bag(idx.long(), W.float(), per_sample_weights=vals.float(), mode="sum")
         if bias is not None:
             out = out + bias.float()
@@ -88,7 +94,7 @@ def gather_sum(
 def gather_dot(G: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, backend: str) -> torch.Tensor:
     """out[t, j] = <G[t], W[idx[t, j]]>: G [T, D], idx [T, k], W [L, D] -> [T, k] fp32."""
     n_rows, k = idx.shape
-    if backend == "torch":
+    if backend in ("torch", "cpu"):
         d = W.shape[1]
         chunk = max(1, _TORCH_CHUNK_ELEMENTS // max(1, k * d))
         parts = [
@@ -124,8 +130,14 @@ def segment_sum(
     """Scatter-add per latent: out[l] = sum_{(t, j): idx[t, j] = l} vals[t, j] * G[t].
 
     vals, idx [T, k]; G [T, D] -> (out [L, D] in out_dtype, bias_out [L] fp32 = sum of vals per
-    latent, or None). Both backends sort the pairs by latent first (no atomics on hot rows).
+    latent, or None). The torch and triton backends sort the pairs by latent first (no atomics
+    on hot rows); the cpu backend sums in token order with a range of latents per thread.
     """
+    if backend == "cpu" and cpu_native.usable(vals, G):
+        out, bias_out, _ = cpu_native.pair_sums(vals, idx, G, n_latents, with_bias)
+        return out.to(out_dtype), bias_out
+    if backend == "cpu":
+        backend = "torch"
     n_rows, k = idx.shape
     d = G.shape[1]
     flat_idx = idx.reshape(-1).long()
@@ -194,9 +206,16 @@ class SparseDecodeFunction(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         values, indices, W_dec = ctx.saved_tensors
         grad_values = grad_W = grad_b = None
-        if ctx.needs_input_grad[0]:
+        want_values, want_W = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        if ctx.backend == "cpu" and (want_values or want_W):
+            # one native pass: dL/dW_dec and dL/dvalues from the same read of grad_out
+            grad_W, _, grad_values = cpu_native.pair_sums(
+                values, indices, grad_out, W_dec.shape[0], W=W_dec if want_values else None)
+            want_values = want_W = False
+            grad_W = grad_W if ctx.needs_input_grad[2] else None
+        if want_values:
             grad_values = gather_dot(grad_out, indices, W_dec, ctx.backend).to(values.dtype)
-        if ctx.needs_input_grad[2]:
+        if want_W:
             grad_W, _ = segment_sum(
                 values, indices, grad_out, W_dec.shape[0], ctx.backend, W_dec.dtype
             )
@@ -254,7 +273,7 @@ def sparse_decode(
         indices: [tokens, k] latent ids (int64 or int32) in [0, latents).
         W_dec: [latents, d_in] decoder rows.
         b_dec: [d_in] or None.
-        backend: "auto" | "triton" | "torch" (see sparse_ops.dispatch).
+        backend: one of sparse_ops.dispatch.BACKENDS ("auto" picks, see there).
 
     Returns:
         x_hat [tokens, d_in] in W_dec's dtype; differentiable w.r.t. values, W_dec and b_dec.
@@ -263,4 +282,6 @@ def sparse_decode(
     chosen = resolve_backend(backend, W_dec.device)
     if values.shape[0] == 0:
         chosen = "torch"  # nothing to launch
+    if chosen == "cpu" and not cpu_native.usable(values, W_dec, b_dec):
+        chosen = "torch"  # the native code reads float32 only
     return SparseDecodeFunction.apply(values, indices, W_dec, b_dec, chosen)

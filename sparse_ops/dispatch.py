@@ -1,9 +1,11 @@
 """Backend choice, lazy Triton loading and input validation shared by every kernel.
 
-Backends
+Backends (:data:`BACKENDS`; one place decides, :func:`resolve_backend`)
 --------
-``backend="auto"``   Triton when the tensors are on CUDA and ``import triton`` works, else the
+``backend="auto"``   Triton when the tensors are on CUDA and ``import triton`` works; on CPU the
+                     native CPU kernels when they build (``sparse_ops/cpu_native.py``), else the
                      PyTorch reference.
+``backend="cpu"``    the native CPU kernels (CPU tensors; needs a C compiler at first use).
 ``backend="torch"``  always the PyTorch reference (any device).
 ``backend="triton"`` the Triton kernels: on CUDA, or on CPU tensors when ``TRITON_INTERPRET=1``
                      is set (Triton's interpreter: slow, for correctness tests only).
@@ -28,7 +30,15 @@ from types import ModuleType
 
 import torch
 
-BACKENDS = ("auto", "triton", "torch")
+from sparse_ops import cpu_native
+
+BACKEND_DESCRIPTIONS = {
+    "auto": "Triton on CUDA; on CPU the native kernels where they build, else the reference",
+    "cpu": "the native CPU kernels (sparse_ops/cpu_native.c, built with the system cc)",
+    "triton": "the Triton kernels (CUDA; CPU only under TRITON_INTERPRET=1)",
+    "torch": "the PyTorch reference (any device)",
+}
+BACKENDS = tuple(BACKEND_DESCRIPTIONS)
 
 _TRITON_IMPORT_ERROR: str | None = None
 _LOADED_KERNELS: dict[str, tuple[ModuleType, bool]] = {}
@@ -55,7 +65,7 @@ def interpreter_enabled() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """Return ``"triton"`` or ``"torch"`` for a requested ``backend`` and the tensors' ``device``.
+    """Return ``"triton"``, ``"cpu"`` or ``"torch"`` for a requested ``backend`` and ``device``.
 
     Raises :class:`SparseOpsInputError` (a ``ValueError``) when the request cannot be honoured,
     with the fix in the message.
@@ -68,7 +78,20 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     if backend == "torch":
         return "torch"
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        if device.type == "cuda" and triton_available():
+            return "triton"
+        return "cpu" if device.type == "cpu" and cpu_native.available() else "torch"
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise SparseOpsInputError(
+                f"backend='cpu' runs on CPU tensors, got device {device}; move them with "
+                ".cpu() or use backend='auto'")
+        if not cpu_native.available():
+            raise SparseOpsInputError(
+                "backend='cpu' needs the native CPU kernels, which did not build (no C compiler "
+                "`cc`, WORKBENCH_NATIVE=0, or an unwritable cache folder); install a C compiler "
+                "or use backend='torch'")
+        return "cpu"
     # backend == "triton"
     if not triton_available():
         raise SparseOpsInputError(
@@ -106,11 +129,6 @@ def load_kernels(name: str) -> ModuleType:
         module = importlib.reload(module)
     _LOADED_KERNELS[name] = (module, interpret)
     return module
-
-
-def on_interpreter(t: torch.Tensor) -> bool:
-    """True when a Triton launch on tensor ``t`` runs in the interpreter (CPU tensor)."""
-    return t.device.type != "cuda"
 
 
 # ----------------------------------------------------------------------------------------------

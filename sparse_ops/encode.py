@@ -13,15 +13,19 @@ Semantics (both backends, bit for bit the same selection given the same pre-acti
   k distinct latents, and the zero slots carry no gradient).
 
 Backends: the Triton kernel (``sparse_ops/kernels/encode_kernels.py``) never writes the
-[tokens x latents] pre-activation matrix; the PyTorch path computes it in token chunks.
-Backward (both backends) touches only the selected latents:
+[tokens x latents] pre-activation matrix; the PyTorch path computes it in token chunks; the
+native CPU backend (``sparse_ops/cpu_native.py``) computes it with one matmul into a reused
+buffer and selects each row's top k in C. That buffer can be handed back
+(``keep_preactivations=True``) so a second selection from the same pre-activations, e.g. AuxK's
+top-k among the dead latents (:func:`topk_encode_among`), needs no second matmul.
+Backward (every backend) touches only the selected latents:
 
     g = dL/dvalues * (values > 0)                           [tokens, k]
     dL/dx      = sum_j g[:, j] * W_enc[indices[:, j]]       (sparse_ops.decode.gather_sum)
     dL/dW_enc  = per latent, sum of g * x over its tokens   (sparse_ops.decode.segment_sum)
     dL/db_enc  = per latent, sum of g                       (same pass)
 
-top-AFA (see methods/saes.md): :func:`topafa_select` cuts a top-K_max candidate set per row at its
+top-AFA (per-token k by norm matching): :func:`topafa_select` cuts a top-K_max candidate set per row at its
 own k(x); :func:`topafa_encode` runs the fused encode and the cut.
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import torch
 
+from sparse_ops import cpu_native
 from sparse_ops.decode import gather_sum, segment_sum, triton_cdiv
 from sparse_ops.dispatch import (
     check_same_device,
@@ -187,14 +192,33 @@ def _encode_triton(
 
 
 class TopKEncodeFunction(torch.autograd.Function):
-    """Autograd for the fused encode; backward touches only the selected latents."""
+    """Autograd for the fused encode; backward touches only the selected latents.
+
+    columns: select among these latents only (indices are still latent ids); preactivations:
+    [tokens, latents] x W_enc^T + b_enc already computed by the cpu backend (reused, not
+    recomputed); sort: order each row by value (descending, ties to the smaller id)."""
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, k, backend, kernel_options):  # type: ignore[override]
-        if backend == "triton":
-            pre_values, indices = _encode_triton(x, W_enc, b_enc, k, **kernel_options)
+    def forward(ctx, x, W_enc, b_enc, k, backend, kernel_options, columns=None,  # type: ignore[override]
+                preactivations=None, sort=True):
+        if backend == "cpu":
+            if preactivations is None:
+                preactivations = cpu_native.dense_preactivations(x, W_enc, b_enc)
+            pre_values, indices = cpu_native.topk_rows(preactivations, k, columns)
+            if sort:  # topk_rows lists a row's latents in increasing id order
+                order = pre_values.argsort(dim=1, descending=True, stable=True)
+                pre_values, indices = pre_values.gather(1, order), indices.gather(1, order)
         else:
-            pre_values, indices = _encode_torch(x, W_enc, b_enc, k)
+            W_sel, b_sel = W_enc, b_enc
+            if columns is not None:
+                W_sel = W_enc[columns]
+                b_sel = b_enc[columns] if b_enc is not None else None
+            if backend == "triton":
+                pre_values, indices = _encode_triton(x, W_sel, b_sel, k, **kernel_options)
+            else:
+                pre_values, indices = _encode_torch(x, W_sel, b_sel, k)
+            if columns is not None:
+                indices = columns[indices]
         values = torch.relu(pre_values).to(x.dtype)
         ctx.backend = backend
         ctx.has_bias = b_enc is not None
@@ -217,7 +241,7 @@ class TopKEncodeFunction(torch.autograd.Function):
             )
             grad_W = grad_W if want_w else None
             grad_b = grad_b.to(W_enc.dtype) if want_b else None
-        return grad_x, grad_W, grad_b, None, None, None
+        return grad_x, grad_W, grad_b, None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,40 +286,96 @@ def topk_encode(
     *,
     n_splits: int | None = None,
     merge: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k SAE encode without materializing the [tokens x latents] pre-activations (Triton).
+    sort: bool = True,
+    keep_preactivations: bool = False,
+):
+    """Top-k SAE encode without differentiating the [tokens x latents] pre-activations.
 
     Args:
         x: [tokens, d_in] inputs.
         W_enc: [latents, d_in] encoder rows; b_enc: [latents] or None (same dtype as x).
-        k: number of latents kept per token, 1 <= k <= latents (<= 1024 on the Triton backend).
-        backend: "auto" | "triton" | "torch" (see sparse_ops.dispatch).
+        k: number of latents kept per token, 1 <= k <= latents (<= 1024 on the Triton backend;
+            ``backend="auto"`` takes the PyTorch path on the same device for larger k).
+        backend: one of sparse_ops.dispatch.BACKENDS ("auto" picks, see there).
         n_splits: Triton only: split the latents over this many programs per row block (default:
             enough programs to fill the GPU; 1 on CPU). Results do not depend on it.
         merge: Triton only: "bitonic" (default on CUDA) or "extract" (default in the
             interpreter); see sparse_ops/kernels/encode_kernels.py. Results do not depend on it.
+        sort: order each row by value; with False the order within a row is unspecified (the
+            cpu backend then skips its sort).
+        keep_preactivations: also return the pre-activations x W_enc^T + b_enc [tokens,
+            latents] (no autograd) where the backend computed them (cpu), else None. They live
+            in a reused buffer, valid until the next cpu-backend encode: hand them to
+            :func:`topk_encode_among` right away.
 
     Returns:
         values [tokens, k] sorted descending (x's dtype; 0 where fewer than k pre-activations are
-        positive) and indices [tokens, k] int64. ``values`` is differentiable w.r.t. x, W_enc and
-        b_enc; gradients touch only the selected latents.
+        positive) and indices [tokens, k] int64 (plus the pre-activations or None when
+        ``keep_preactivations``). ``values`` is differentiable w.r.t. x, W_enc and b_enc;
+        gradients touch only the selected latents.
     """
     check_encode_inputs(x, W_enc, b_enc, k)
-    chosen = resolve_backend(backend, x.device)
-    if x.shape[0] == 0:
-        chosen = "torch"  # nothing to launch
-    if chosen == "triton":
-        require(
-            k <= TRITON_MAX_K,
-            f"k={k} exceeds the Triton kernel's limit of {TRITON_MAX_K}; use backend='torch'",
-        )
+    chosen = _encode_backend(backend, x, W_enc, b_enc, k)
     require(merge in (None, "bitonic", "extract"), f"merge={merge!r}: use 'bitonic' or 'extract'")
     require(
         n_splits is None or (isinstance(n_splits, int) and n_splits >= 1),
         f"n_splits={n_splits!r} must be a positive int or None",
     )
     options = {"n_splits": n_splits, "merge": merge}
-    return TopKEncodeFunction.apply(x, W_enc, b_enc, k, chosen, options)
+    pre = None
+    if keep_preactivations and chosen == "cpu":
+        pre = cpu_native.dense_preactivations(x, W_enc, b_enc)
+    values, indices = TopKEncodeFunction.apply(x, W_enc, b_enc, k, chosen, options, None, pre,
+                                               sort)
+    return (values, indices, pre) if keep_preactivations else (values, indices)
+
+
+def topk_encode_among(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor | None,
+    k: int,
+    columns: torch.Tensor,
+    backend: str = "auto",
+    *,
+    preactivations: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`topk_encode` restricted to the latents ``columns`` [C] int64 (e.g. AuxK's dead
+    latents): (values [tokens, k], latent ids [tokens, k]), rows in unspecified order.
+
+    preactivations: the [tokens, latents] pre-activations of the same x, W_enc, b_enc, as a
+    cpu-backend :func:`topk_encode` with ``keep_preactivations=True`` returned them; the
+    selection then reads them instead of multiplying again. Gradients flow to x, W_enc and
+    b_enc through the selected latents only.
+    """
+    check_encode_inputs(x, W_enc, b_enc, 1)
+    check_tensor("columns", columns, ndim=1, dtypes=(torch.int64,))
+    require(1 <= k <= columns.numel(),
+            f"k={k} must be between 1 and the number of columns ({columns.numel()})")
+    chosen = _encode_backend(backend, x, W_enc, b_enc, k)
+    if preactivations is not None:
+        require(chosen == "cpu" and tuple(preactivations.shape) == (x.shape[0], W_enc.shape[0]),
+                f"preactivations {tuple(preactivations.shape)} must be the [tokens, latents] "
+                f"matrix a cpu-backend topk_encode returned for these x, W_enc and b_enc")
+    return TopKEncodeFunction.apply(x, W_enc, b_enc, k, chosen, {}, columns, preactivations,
+                                    False)
+
+
+def _encode_backend(backend: str, x: torch.Tensor, W_enc: torch.Tensor,
+                    b_enc: torch.Tensor | None, k: int) -> str:
+    """The backend an encode runs on (dispatch's choice, adjusted to the inputs)."""
+    chosen = resolve_backend(backend, x.device)
+    if x.shape[0] == 0:
+        return "torch"  # nothing to launch
+    if chosen == "cpu" and not cpu_native.usable(x, W_enc, b_enc):
+        return "torch"  # the native code reads float32 only
+    if chosen == "triton" and k > TRITON_MAX_K:
+        require(
+            backend == "auto",
+            f"k={k} exceeds the Triton kernel's limit of {TRITON_MAX_K}; use backend='torch'",
+        )
+        return "torch"
+    return chosen
 
 
 def topafa_select(

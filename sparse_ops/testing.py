@@ -27,10 +27,14 @@ def enable_interpreter_for_cpu_tests() -> None:
 
 
 def triton_backends() -> list[str]:
-    """Backends to test: always "torch", plus "triton" when it can run here."""
+    """Backends to test: always "torch", "cpu" where the native kernels build (CPU runs), plus
+    "triton" when it can run here."""
+    from sparse_ops import cpu_native
     from sparse_ops.dispatch import interpreter_enabled, triton_available
 
     backends = ["torch"]
+    if test_device().type == "cpu" and cpu_native.available():
+        backends.append("cpu")
     if triton_available() and (test_device().type == "cuda" or interpreter_enabled()):
         backends.append("triton")
     return backends

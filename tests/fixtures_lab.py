@@ -21,6 +21,17 @@ SMALL_LANGUAGES = {"en": FORTUNES / "fortunes", "de": FORTUNES / "de" / "zitate"
                    "ru": FORTUNES / "ru" / "life"}
 
 
+ARCH_KW = {
+    "topk": {"latents": 64, "k": 4},
+    "batchtopk": {"latents": 64, "k": 4},
+    "topafa": {"latents": 64},
+    "structured": {"groups": 16, "group_size": 4, "k_groups": 3},
+    "relu": {"latents": 64},
+    "jumprelu": {"latents": 64, "jumprelu_init_threshold": 0.1},
+}
+"""SAETrainConfig fields giving every architecture 64 latents on small test inputs."""
+
+
 def read_fortunes(file: Path, limit: int) -> list[str]:
     """Up to `limit` fortunes (entries separated by '%' lines) of one fortune file."""
     entries = file.read_text(encoding="utf-8", errors="replace").split("\n%\n")

@@ -72,3 +72,20 @@ def test_sae_width_mismatch_is_a_clear_error(tiny_lab):
     out = run_cli("sae", "eval", "cli-wide-sae", "--acts", "acts", lab=tiny_lab.root)
     _assert_clean_error(out)
     assert "64" in out.stderr and "128" in out.stderr
+
+
+def test_sae_choices_lists_the_registries():
+    """`sae choices` prints the values --arch, --normalize and --kernels take, from the one
+    registry each (so the help never lists a value that does not exist)."""
+    import json
+
+    from saes import ARCHITECTURES
+    from saes.training.config import NORMALIZATIONS
+    from sparse_ops import BACKENDS
+
+    out = run_cli("sae", "choices", "--json")
+    assert out.returncode == 0, out.stderr
+    tables = json.loads(out.stdout)
+    assert list(tables["arch"]) == list(ARCHITECTURES)
+    assert list(tables["normalize"]) == list(NORMALIZATIONS)
+    assert list(tables["kernels"]) == list(BACKENDS)

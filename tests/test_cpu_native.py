@@ -1,4 +1,4 @@
-"""The trainer's native CPU kernels (saes/training/cpu_native.c) against PyTorch."""
+"""The native CPU backend of sparse_ops (sparse_ops/cpu_native.c) against PyTorch."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from saes.training import cpu_native
-from saes.training.kernels import CPU, SPARSE_OPS, cpu_gather_dot
+import sparse_ops
+from sparse_ops import cpu_native
+from sparse_ops.decode import gather_dot
 
 pytestmark = pytest.mark.skipif(not cpu_native.available(),
                                 reason="no C compiler: the PyTorch path is used (tested elsewhere)")
@@ -64,7 +65,7 @@ def test_pair_sums_match_embedding_bag_gradients():
     vals, idx = torch.rand(n, K), torch.randint(0, L, (n, K))
     W, G = torch.randn(L, D), torch.randn(n, D)
     out, bias, grad_vals = cpu_native.pair_sums(vals, idx, G, L, with_bias=True, W=W)
-    torch.testing.assert_close(grad_vals, cpu_gather_dot(G, idx, W), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_vals, gather_dot(G, idx, W, "torch"), rtol=1e-5, atol=1e-5)
     Wr = W.clone().requires_grad_()
     (F.embedding_bag(idx, Wr, per_sample_weights=vals, mode="sum") * G).sum().backward()
     torch.testing.assert_close(out, Wr.grad, rtol=1e-5, atol=1e-5)
@@ -77,21 +78,25 @@ def test_pair_sums_match_embedding_bag_gradients():
         cpu_native.pair_sums(vals, idx, G, L - 30)
 
 
-@pytest.mark.parametrize("kernels", [CPU, SPARSE_OPS])
-def test_topk_encode_among_matches_encoding_the_listed_rows(kernels):
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_topk_encode_among_matches_encoding_the_listed_rows(backend):
     """AuxK's encode among dead latents: same values, latent ids and gradients as encoding with
-    the gathered rows (what it replaces), also when the main encode's buffer is reused."""
+    the gathered rows (what it replaces), also when the main encode's pre-activations are
+    handed on."""
     torch.manual_seed(0)
     x, W, b = torch.randn(30, 12), torch.randn(80, 12), torch.randn(80) * 0.1
     columns = torch.tensor([1, 5, 6, 20, 33, 34, 50, 61, 62, 79])
 
     def run(among: bool):
         ps = [t.clone().requires_grad_() for t in (x, W, b)]
-        kernels.topk_encode(ps[0], ps[1], ps[2], 6)  # the main encode: fills the buffer
+        *_, pre = sparse_ops.topk_encode(ps[0], ps[1], ps[2], 6, backend,
+                                         keep_preactivations=True)  # the main encode
         if among:
-            values, ids = kernels.topk_encode_among(ps[0], ps[1], ps[2], 4, columns)
+            values, ids = sparse_ops.topk_encode_among(ps[0], ps[1], ps[2], 4, columns, backend,
+                                                       preactivations=pre)
         else:
-            values, pos = kernels.topk_encode(ps[0], ps[1][columns], ps[2][columns], 4)
+            values, pos = sparse_ops.topk_encode(ps[0], ps[1][columns], ps[2][columns], 4,
+                                                 backend)
             ids = columns[pos]
         order = ids.argsort(1)
         values, ids = values.gather(1, order), ids.gather(1, order)
@@ -110,6 +115,6 @@ def test_without_a_compiler_the_torch_path_runs(monkeypatch):
     monkeypatch.setattr(cpu_native, "_STATE", {})
     assert not cpu_native.available()
     x, W = torch.randn(10, 6), torch.randn(40, 6)
-    values, _ = CPU.topk_encode(x, W, None, 3)
+    values, _ = sparse_ops.topk_encode(x, W, None, 3)
     ref = torch.topk(x @ W.T, 3, dim=1).values.relu()
     torch.testing.assert_close(values.sort(1, descending=True).values, ref)

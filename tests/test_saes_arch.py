@@ -10,33 +10,20 @@ import torch
 from sae_lens import SAE
 
 import saes  # noqa: F401  (registers topafa / structured with sae-lens)
+from fixtures_lab import ARCH_KW
 from saes.structured import StructuredSAE, StructuredSAEConfig
 from saes.topafa import TopAFASAE, TopAFASAEConfig
 from saes.training import SAETrainConfig, SAETrainer
+import sparse_ops
 from saes.training.distributed import Reducer
-from saes.training.kernels import CPU, SPARSE_OPS, exact_topk
 from saes.training.losses import LossContext
+from sparse_ops import cpu_native
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 D_IN = 16
-ARCH_KW = {
-    "topk": {"latents": 64, "k": 4},
-    "batchtopk": {"latents": 64, "k": 4},
-    "topafa": {"latents": 64},
-    "structured": {"groups": 16, "group_size": 4, "k_groups": 3},
-    "relu": {"latents": 64},
-    "jumprelu": {"latents": 64, "jumprelu_init_threshold": 0.1},
-}
 EXPECTED_CLASS = {"topk": "TopKSAE", "batchtopk": "JumpReLUSAE", "topafa": "TopAFASAE",
                   "structured": "StructuredSAE", "relu": "StandardSAE", "jumprelu": "JumpReLUSAE"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP waits when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _trainer(arch: str, steps: int = 3, **kw) -> tuple[SAETrainer, torch.Tensor]:
@@ -128,8 +115,11 @@ def test_structured_sae_keeps_at_most_k_groups():
     torch.testing.assert_close(posteriors.sum(-1), torch.ones(3, 10))
 
 
-@pytest.mark.parametrize("kernels", [CPU, SPARSE_OPS])
-def test_sparse_kernels_match_dense_autograd(kernels):
+CPU_BACKENDS = ["cpu", "torch"] if cpu_native.available() else ["torch"]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_sparse_kernels_match_dense_autograd(backend):
     torch.manual_seed(1)
     n, d, h, k = 40, 12, 96, 5
     x, W, b = torch.randn(n, d), torch.randn(h, d), torch.randn(h) * 0.1
@@ -138,8 +128,8 @@ def test_sparse_kernels_match_dense_autograd(kernels):
     def run(sparse: bool):
         ps = [t.clone().requires_grad_() for t in (x, W, b, Wd, bd)]
         if sparse:
-            vals, idx = kernels.topk_encode(ps[0], ps[1], ps[2], k)
-            out = kernels.sparse_decode(vals, idx, ps[3], ps[4])
+            vals, idx = sparse_ops.topk_encode(ps[0], ps[1], ps[2], k, backend, sort=False)
+            out = sparse_ops.sparse_decode(vals, idx, ps[3], ps[4], backend)
         else:
             pre = torch.relu(ps[0] @ ps[1].T + ps[2])
             top = torch.topk(pre, k, dim=1)
@@ -155,10 +145,11 @@ def test_sparse_kernels_match_dense_autograd(kernels):
         torch.testing.assert_close(gs, gd, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.skipif(not cpu_native.available(), reason="no C compiler: no native top-k")
 def test_exact_topk_two_level_equals_torch_topk():
     pre = torch.randn(64, 1024)
     for k in (1, 7, 32, 200):
-        values, indices = exact_topk(pre, k)
+        values, indices = cpu_native.topk_rows(pre, k)
         ref = torch.topk(pre, k, dim=1)
         assert torch.equal(indices.sort(1).values, ref.indices.sort(1).values)
         torch.testing.assert_close(values.sort(1).values, ref.values.sort(1).values)

@@ -14,9 +14,12 @@ from transformer_lens import HookedTransformerConfig
 
 from saes.interop import import_sae, load_sae
 from saes.training import SAETrainConfig, tensor_source, train_saes
-from tests.test_saes_arch import ARCH_KW, one_thread  # noqa: F401  (one_thread: autouse)
+from fixtures_lab import ARCH_KW
 from workbench.errors import InvalidInputError, NotFoundError, WorkbenchError
 from workbench.lab import Lab
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 D_IN = 16
 HOOK = "blocks.0.hook_resid_post"

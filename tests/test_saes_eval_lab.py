@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from saes.evaluation import CONCEPTS_FILE, EVAL_FILE
 from saes.feature_stats import load_feature_stats
-from tests.fixtures_lab import small_lm_setup
+from fixtures_lab import small_lm_setup
 from app.cli.sae_eval_cmds import add_commands
 from workbench.lab import Lab
 

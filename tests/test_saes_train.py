@@ -22,10 +22,12 @@ from saes.training import (
     tensor_source,
     train_saes,
 )
-from saes.training.checkpoint import load_checkpoint
-from tests.test_saes_arch import one_thread  # noqa: F401  (autouse)
+from saes.training.trainer import load_checkpoint
 from workbench.errors import InvalidInputError, NotFoundError
 from workbench.lab import Lab
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted_features(n_tokens: int, d: int = 32, n_feat: int = 96, active: int = 3, seed: int = 0
@@ -168,7 +170,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
 
 
 def test_live_model_training_and_hook_check(tmp_path):
-    from tests.fixtures_lab import small_lm_setup
+    from fixtures_lab import small_lm_setup
 
     lab, corpus, model = small_lm_setup(tmp_path)
     with pytest.raises(NotFoundError, match="no hook 'blocks.9.hook_nonesuch'"):
@@ -184,7 +186,7 @@ def test_live_model_training_and_hook_check(tmp_path):
 
 
 def test_cli_train_sweep_import_from_a_store(tmp_path):
-    from tests.fixtures_lab import small_lm_setup
+    from fixtures_lab import small_lm_setup
     from workbench.activations import cache_activations
     from app.cli import app
 

@@ -9,8 +9,11 @@ import torch.multiprocessing as mp
 from sae_lens import SAE
 
 from saes.training import SAETrainConfig, tensor_source, train_saes
-from tests.test_saes_arch import ARCH_KW, one_thread  # noqa: F401  (one_thread: autouse)
+from fixtures_lab import ARCH_KW
 from workbench.lab import Lab
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 D_IN = 16
 

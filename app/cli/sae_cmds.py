@@ -6,6 +6,7 @@ SAEs. The evaluation commands (`sae eval`, `sae stats`, ...) come from sae_eval_
         --arch topafa --latents 4096 --tokens 2000000 --name s2
     workbench sae sweep --acts lm-acts --arch topk,batchtopk --k 8,16,32 --latents 4096
     workbench sae import ./my_sae_folder --name imported --model lm --hook blocks.1.hook_resid_post
+    workbench sae choices        # the architectures, normalizations and kernel backends
     torchrun --nproc_per_node 2 $(which workbench) sae train ...      # data-parallel
 """
 
@@ -17,7 +18,7 @@ import itertools
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import typer
@@ -128,12 +129,15 @@ SOURCE_OPTIONS = [
     _option("tokens", int, 2_000_000, "Training tokens."),
     _option("batch_size", int, 4096, "Tokens per step (global)."),
     _option("lr", float, None, "Adam lr (default 1e-3*sqrt(16384/latents))."),
-    _option("normalize", str, None, "none | token | dataset (default: token for topafa)."),
+    _option("normalize", str, None,
+            "Input normalization (`sae choices` lists them; default: token for topafa, else "
+            "dataset)."),
     _option("k_aux", int, None, "AuxK latents (default d_in/2)."),
     _option("dead_window", int, None, "Dead after this many tokens."),
     _option("seed", int, 0, "Init and data-order seed."),
     _option("device", str, None, "cpu, cuda, ... (default: CUDA if any)."),
-    _option("kernels", str, "auto", "auto | cpu | sparse_ops."),
+    _option("kernels", str, "auto",
+            "sparse_ops backend of the sparse encode/decode (`sae choices` lists them)."),
     _option("threads", int, None, "torch CPU threads."),
 ]
 """The options `sae train` and `sae sweep` share (fields of _Common, in that order)."""
@@ -162,7 +166,7 @@ def with_source_options(command: Callable[..., None]) -> Callable[..., None]:
 def train(
     name: str = typer.Option(..., "--name", help="Name of the new sae artifact."),
     arch: str = typer.Option("topk", "--arch",
-                             help="topk | batchtopk | topafa | structured | relu | jumprelu."),
+                             help="SAE architecture (`workbench sae choices` lists them)."),
     latents: int = typer.Option(4096, "--latents", help="Dictionary size (not for structured)."),
     k: int = typer.Option(None, "--k", help="Active latents (topk; mean over batch: batchtopk)."),
     afa_lambda: float = typer.Option(1 / 32, "--afa-lambda", help="top-AFA loss weight."),
@@ -217,8 +221,7 @@ def sweep(
             n, kk, afa, kg, coef = values
             cfg = SAETrainConfig(name="pending", arch=a, latents=n, k=kk, afa_lambda=afa,
                                  k_groups=kg, sparsity_coefficient=coef, **opts.config_fields())
-            cfg.name = f"{prefix}-{cfg.variant_label()}"
-            configs.append(cfg)
+            configs.append(replace(cfg, name=f"{prefix}-{cfg.variant_label()}"))
     if len({c.name for c in configs}) < len(configs):  # structured ignores --latents
         configs = list({c.name: c for c in configs}.values())
     typer.echo(f"sweep: {len(configs)} SAEs from one stream: {', '.join(c.name for c in configs)}")
@@ -233,6 +236,24 @@ def _split(text: str | None, kind: type) -> list:
         return [kind(part) for part in str(text).split(",") if part.strip()]
     except ValueError as exc:
         raise InvalidInputError(f"cannot read {text!r} as a comma list of {kind.__name__}") from exc
+
+
+@sae_app.command("choices")
+def choices(as_json: bool = typer.Option(False, "--json", help="Print them as JSON.")) -> None:
+    """List the values --arch, --normalize and --kernels take (from the registries that define
+    them: saes.ARCHITECTURES, saes.training.config.NORMALIZATIONS, sparse_ops' BACKENDS)."""
+    from saes import ARCHITECTURES
+    from saes.training.config import NORMALIZATIONS
+    from sparse_ops.dispatch import BACKEND_DESCRIPTIONS
+
+    tables = {"arch": ARCHITECTURES, "normalize": NORMALIZATIONS, "kernels": BACKEND_DESCRIPTIONS}
+    if as_json:
+        echo_json(tables)
+        return
+    for option, table in tables.items():
+        typer.echo(f"--{option}:")
+        for value, meaning in table.items():
+            typer.echo(f"  {value:<12} {meaning}")
 
 
 @sae_app.command("import")

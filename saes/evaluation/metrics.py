@@ -1,4 +1,4 @@
-"""Reconstruction and sparsity metrics, defined once (see shared/methods/saes.md, "Metrics").
+"""Reconstruction and sparsity metrics, defined once for every evaluation in the workbench.
 
 - NMSE = mean over tokens of ||x - x_hat||^2 / ||x||^2
 - FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2; explained variance = 1 - FVU
@@ -38,11 +38,6 @@ def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return 1.0 - fvu(x, x_hat)
-
-
-def l0_per_token(f: torch.Tensor) -> torch.Tensor:
-    """Number of nonzero latents per token: f [n, h] -> [n] int64."""
-    return (f != 0).sum(-1)
 
 
 def shrinkage(x: torch.Tensor, x_hat: torch.Tensor) -> float:

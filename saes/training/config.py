@@ -3,25 +3,34 @@
 One config per SAE; `train_saes(lab, configs, source)` trains several of them from one pass over
 the activations (they must share `batch_size` and `seed`, which fix the data order).
 
-Defaults follow the method notes (methods/saes.md): AuxK with k_aux = d_in / 2 and
-alpha_aux = 1/32, unit-norm decoder rows, W_dec = W_enc^T init, geometric-median b_dec, Adam
+Defaults follow the TopK SAE literature (Gao et al. 2024; sparsify): AuxK with k_aux = d_in / 2
+and alpha_aux = 1/32, unit-norm decoder rows, W_dec = W_enc^T init, geometric-median b_dec, Adam
 with a linear warm-up and a linear decay over the last 20% of training.
+
+`SAETrainConfig` is what a user writes (None = "pick the default"); `cfg.resolved(d_in)` is a
+`ResolvedSAETrainConfig` in which every defaulted field holds its value (never None).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from saes import ARCHITECTURES
+from saes.training.sparse_code import B_DEC_INITS
+from sparse_ops.dispatch import BACKENDS
 from workbench.errors import InvalidInputError
 from workbench.lab import validate_name
 
-ARCHS = ("topk", "batchtopk", "topafa", "structured", "relu", "jumprelu")
-NORMALIZATIONS = ("none", "token", "dataset")
-B_DEC_INITS = ("geometric_median", "mean", "zeros")
+NORMALIZATIONS: dict[str, str] = {
+    "none": "activations as they are",
+    "token": "per-token standardization (saved as sae-lens layer_norm)",
+    "dataset": "one scale so the mean norm is sqrt(d_in), folded into the saved weights",
+}
+"""Input normalization modes (applied by step.InputNormalizer)."""
 
-# Default sparsity penalty per arch (see `losses` in models.py for the exact terms).
+# Default sparsity penalty per arch (the terms are defined in losses.py).
 DEFAULT_SPARSITY = {"relu": 0.02, "jumprelu": 0.002}
 DEFAULT_LR_AT_16K_LATENTS = 1e-3
 """Adam lr of a 16384-latent SAE; others get it times sqrt(16384 / latents) (see SAETrainConfig)."""
@@ -71,8 +80,9 @@ class SAETrainConfig:
         init_from: start from this SAE instead of a random init (lab SAE name or sae-lens
             folder, of a matching architecture; its size sets `latents`).
         checkpoint_every_tokens: None = every 10% of training.
-        device: None = CUDA when present, else CPU; kernels: auto | cpu | sparse_ops (the sparse
-        encode/decode implementation, see kernels.py; auto = cpu on CPU, sparse_ops on GPUs).
+        device: None = CUDA when present, else CPU; kernels: the sparse_ops backend of the
+        sparse encode/decode (sparse_ops.dispatch.BACKENDS; auto = Triton on GPUs, the native
+        CPU kernels on CPU where they build, else the PyTorch reference).
     """
 
     name: str
@@ -110,12 +120,12 @@ class SAETrainConfig:
     def total_steps(self) -> int:
         return max(1, self.tokens // self.batch_size)
 
-    def resolved(self, d_in: int) -> SAETrainConfig:
+    def resolved(self, d_in: int) -> ResolvedSAETrainConfig:
         """A copy with every None default filled in for inputs of width `d_in` (validated)."""
         self.validate(d_in)
-        cfg = replace(self)
+        cfg = ResolvedSAETrainConfig(**asdict(self))
         if cfg.arch == "structured":
-            cfg.latents = cfg.groups * cfg.group_size  # type: ignore[operator]
+            cfg.latents = cfg.groups * cfg.group_size
         if cfg.lr is None:
             cfg.lr = DEFAULT_LR_AT_16K_LATENTS * math.sqrt(16384 / cfg.latents)
         if cfg.warmup_tokens is None:
@@ -137,8 +147,9 @@ class SAETrainConfig:
     def validate(self, d_in: int | None = None) -> None:
         """Raise InvalidInputError naming the first bad field and how to fix it."""
         validate_name(self.name)
-        if self.arch not in ARCHS:
-            raise InvalidInputError(f"unknown SAE architecture {self.arch!r}; use one of {ARCHS}")
+        if self.arch not in ARCHITECTURES:
+            raise InvalidInputError(f"unknown SAE architecture {self.arch!r}; use one of "
+                                    f"{', '.join(ARCHITECTURES)}")
         _positive(self, "tokens", "batch_size")
         if self.tokens < self.batch_size:
             raise InvalidInputError(
@@ -160,14 +171,16 @@ class SAETrainConfig:
                 )
         if self.normalize is not None and self.normalize not in NORMALIZATIONS:
             raise InvalidInputError(
-                f"{self.name}: unknown normalization {self.normalize!r}; use one of {NORMALIZATIONS}"
+                f"{self.name}: unknown normalization {self.normalize!r}; use one of "
+                f"{', '.join(NORMALIZATIONS)}"
             )
-        if self.kernels not in ("auto", "cpu", "sparse_ops"):
+        if self.kernels not in BACKENDS:
             raise InvalidInputError(
-                f"{self.name}: unknown kernels {self.kernels!r}; use auto, cpu or sparse_ops")
+                f"{self.name}: unknown kernels {self.kernels!r}; use one of {', '.join(BACKENDS)}")
         if self.b_dec_init not in B_DEC_INITS:
             raise InvalidInputError(
-                f"{self.name}: unknown b_dec init {self.b_dec_init!r}; use one of {B_DEC_INITS}"
+                f"{self.name}: unknown b_dec init {self.b_dec_init!r}; use one of "
+                f"{', '.join(B_DEC_INITS)}"
             )
         if self.lr is not None and not self.lr > 0:
             raise InvalidInputError(f"{self.name}: lr must be positive, got {self.lr}")
@@ -188,7 +201,7 @@ class SAETrainConfig:
                 f"(missing: {', '.join(missing)})"
             )
         _positive(self, "groups", "group_size", "k_groups")
-        if self.k_groups > self.groups:  # type: ignore[operator]
+        if self.k_groups > self.groups:  # type: ignore[operator]  (checked not None above)
             raise InvalidInputError(
                 f"{self.name}: k_groups={self.k_groups} is larger than groups={self.groups}; "
                 "use k_groups <= groups"
@@ -221,6 +234,25 @@ class SAETrainConfig:
         if self.arch in ("relu", "jumprelu") and self.sparsity_coefficient is not None:
             parts.append(f"s{self.sparsity_coefficient:g}")
         return "-".join(parts)
+
+
+@dataclass
+class ResolvedSAETrainConfig(SAETrainConfig):
+    """An `SAETrainConfig` with its defaults filled in (made by `SAETrainConfig.resolved`):
+    the fields below are never None. k is set for topk / batchtopk, groups, group_size and
+    k_groups for structured (validated); sparsity_coefficient for relu / jumprelu."""
+
+    k: int = 0
+    lr: float = 0.0
+    warmup_tokens: int = 0
+    normalize: str = "dataset"
+    batchtopk_threshold_ema: float = 0.0
+    k_aux: int = 0
+    dead_window_tokens: int = 0
+    checkpoint_every_tokens: int = 0
+    groups: int = 0
+    group_size: int = 0
+    k_groups: int = 0
 
 
 def _positive(cfg: SAETrainConfig, *names: str) -> None:

@@ -3,7 +3,7 @@
 With x the (normalized) global batch of N tokens and V = sum_n ||x_n - mean(x)||^2:
 
     recon   = sum_n ||x_n - x_hat_n||^2 / V                       (fraction of variance unexplained)
-    auxk    = alpha_aux * AuxK (see auxk.py)                       topk, batchtopk, topafa, structured
+    auxk    = alpha_aux * AuxK (below)                             topk, batchtopk, topafa, structured
     afa     = lambda_AFA * d * sum_n (||f_n|| - ||x_n||)^2 / V      topafa; = the reference's
               per-element MSE + lambda_AFA * mean (...)^2, divided by the per-element variance
     l1      = lambda * sum_n sum_i f_ni ||W_dec,i|| / (N * sqrt(V / N))   relu
@@ -11,6 +11,15 @@ With x the (normalized) global batch of N tokens and V = sum_n ||x_n - mean(x)||
 
 Each rank computes its tokens' share of every sum and divides by the global V and N, so the ranks'
 losses (and gradients) add up to the one-process values.
+
+AuxK dead-latent revival (Gao et al. 2024; as in openai/sparse_autoencoder and sparsify):
+latents that have not fired for `dead_window_tokens` are "dead". Each step, the top k_aux
+pre-activations among the dead latents of each token are decoded (no bias) into e_hat and fit
+to the residual e = x - x_hat of the live reconstruction (detached):
+
+    aux = scale * sum ||e_hat - e||^2 / sum ||e - mean(e)||^2,  scale = min(n_dead / k_aux, 1)
+
+and the loss adds alpha_aux * aux (alpha_aux = 1/32). Sums run over the global batch.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from saes.training.distributed import Reducer
 
@@ -64,3 +74,10 @@ class StepResult:
     active: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+
+
+def auxk_loss(e_hat: torch.Tensor, residual: torch.Tensor, scale: float,
+              ctx: LossContext) -> torch.Tensor:
+    """AuxK's normalized error: the decoded aux code e_hat [n, d] (no b_dec) against the
+    detached residual [n, d] of the live reconstruction, times `scale` (see module doc)."""
+    return scale * F.mse_loss(e_hat, residual, reduction="sum") / ctx.global_sq_dev(residual)

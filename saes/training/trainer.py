@@ -15,14 +15,22 @@ sweep costs one read of the data (or one forward pass of the live model) per ste
 NaN/inf in a batch or in a loss stops the run with TrainingDivergedError naming the step; the
 checkpoints on disk are the last good ones and no artifact is written for unfinished SAEs.
 Under `torchrun` each process trains on its slice of every batch (distributed.py); rank 0 writes.
+
+Checkpoints: one file per SAE, `lab.work_dir(name)/checkpoint.pt`, a dict of tensors and plain
+values (model and optimizer state, counters, the config it was made with), written to a
+temporary file and renamed into place, so a kill leaves either the previous or the new
+checkpoint, never half of one. Loaded with `torch.load(weights_only=True)` (no pickled code).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,17 +39,17 @@ from sae_lens.constants import SPARSITY_FILENAME
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from saes.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from saes.training.config import INIT_FROM_ARCHS, SAETrainConfig, check_shared_stream
 from saes.training.distributed import Reducer, init_distributed, rank_device
-from saes.training.kernels import release_workspace
-from saes.training.sae_trainer import SAETrainer, TrainingDivergedError
 from saes.training.sources import ActivationSource, resolve_source
+from saes.training.step import SAETrainer, TrainingDivergedError
+from sparse_ops.cpu_native import release_workspace
 from workbench.device import resolve_device
 from workbench.errors import InvalidInputError, WorkbenchError
 from workbench.lab import Artifact, Lab
 
 JOB_KIND = "sae-train"
+CHECKPOINT_FILE = "checkpoint.pt"
 EXPORT_TOLERANCE = 1e-3  # per-token ||x_hat_saved - x_hat_trainer|| / ||x - mean|| on a check batch
 EXPORT_TIE_ROWS = 0.02  # share of tokens allowed to differ more: top-k near-ties that float
                         # rounding of the two encodes breaks either way
@@ -68,13 +76,12 @@ def train_saes(
     if not overwrite:
         configs = _unfinished(lab, configs)
     src = resolve_source(lab, source)
-    starts = {c.name: _starting_sae(lab, c, src.d_in) for c in configs if c.init_from}
-    resolved = [_adopt(c, starts.get(c.name)).resolved(src.d_in) for c in configs]
+    starts = {c.name: _starting_sae(lab, c.name, c.arch, c.init_from, src.d_in)
+              for c in configs if c.init_from is not None}
     device = rank_device(resolve_device(device if device is not None else configs[0].device))
     reducer = init_distributed(device)
-    trainers = [SAETrainer(c, src.d_in, device, reducer) for c in resolved]
-    for trainer in trainers:
-        trainer.init_sae = starts.get(trainer.cfg.name)
+    trainers = [SAETrainer(_adopt(c, starts.get(c.name)).resolved(src.d_in), src.d_in, device,
+                           reducer, init_sae=starts.get(c.name)) for c in configs]
     for trainer in trainers:
         _resume_or_reset(lab, trainer, restart)
     try:
@@ -99,25 +106,26 @@ def _unfinished(lab: Lab, configs: list[SAETrainConfig]) -> list[SAETrainConfig]
     return remaining
 
 
-def _starting_sae(lab: Lab, cfg: SAETrainConfig, d_in: int) -> SAE:
-    """The SAE named by cfg.init_from, checked against the architecture and the data width."""
+def _starting_sae(lab: Lab, name: str, arch: str, init_from: str, d_in: int) -> SAE:
+    """The SAE `init_from` that SAE `name` starts from, checked against its architecture and
+    the data width."""
     from saes.interop import load_sae
 
-    sae = load_sae(cfg.init_from, lab=lab, device="cpu")  # type: ignore[arg-type]
-    arch = sae.cfg.architecture()
-    if arch not in INIT_FROM_ARCHS[cfg.arch]:
+    sae = load_sae(init_from, lab=lab, device="cpu")
+    found = sae.cfg.architecture()
+    if found not in INIT_FROM_ARCHS[arch]:
         raise InvalidInputError(
-            f"{cfg.name}: --init-from {cfg.init_from!r} is a {arch!r} SAE; arch {cfg.arch} can "
-            f"start from {', '.join(INIT_FROM_ARCHS[cfg.arch])} SAEs"
+            f"{name}: --init-from {init_from!r} is a {found!r} SAE; arch {arch} can "
+            f"start from {', '.join(INIT_FROM_ARCHS[arch])} SAEs"
         )
     if int(sae.cfg.d_in) != d_in:
         raise InvalidInputError(
-            f"{cfg.name}: the activations have width {d_in} but the SAE {cfg.init_from!r} reads "
+            f"{name}: the activations have width {d_in} but the SAE {init_from!r} reads "
             f"d_in={sae.cfg.d_in}; use activations from the SAE's model and hook"
         )
     if sae.cfg.normalize_activations not in ("none", "layer_norm"):
         raise InvalidInputError(
-            f"{cfg.name}: cannot continue an SAE with normalize_activations="
+            f"{name}: cannot continue an SAE with normalize_activations="
             f"{sae.cfg.normalize_activations!r}; fold its scaling first (sae-lens "
             "fold_activation_norm_scaling_factor)"
         )
@@ -170,36 +178,43 @@ class _Run:
             if t.done:
                 self._finish(t, None)
         stream = self.src.batches(self.batch_size, self.trainers[0].cfg.seed, skip=start)
-        main = self.reducer.is_main
         with ExitStack() as stack:
             if hasattr(stream, "close"):  # stop a prefetching source's producer when we stop
                 stack.callback(stream.close)
-            jobs = {}
-            if main:
-                for t in self.trainers:
-                    if not t.done:
-                        jobs[t.cfg.name] = stack.enter_context(self.lab.job(
-                            JOB_KIND, t.cfg.name, t.cfg.to_dict(), total=t.total_steps))
+            jobs = self._open_jobs(stack)
             bar = stack.enter_context(tqdm(
                 total=end * self.batch_size, initial=start * self.batch_size, unit="tok",
-                unit_scale=True, desc="sae train", disable=not (self.progress and main)))
+                unit_scale=True, desc="sae train",
+                disable=not (self.progress and self.reducer.is_main)))
             for step in range(start, end):
-                x = self._next_batch(stream, step)
-                for t in self.trainers:
-                    if t.done or t.steps_done != step:
-                        continue
-                    if t.steps_done == 0:
-                        t.initialize(x)
-                    metrics = t.step(x)
-                    if main and t.cfg.name in jobs:
-                        jobs[t.cfg.name].update(t.steps_done, force=t.done, **metrics)
-                    if t.done:
-                        self._finish(t, x)
-                    elif t.steps_done % self._checkpoint_every(t) == 0:
-                        self._checkpoint(t)
+                self._train_step(step, self._next_batch(stream, step), jobs)
                 bar.update(self.batch_size)
                 bar.set_postfix_str(self._postfix(), refresh=False)
         return self.artifacts
+
+    def _open_jobs(self, stack: ExitStack) -> dict[str, Any]:
+        """The catalog job of every unfinished SAE (rank 0 only), closed with `stack`."""
+        if not self.reducer.is_main:
+            return {}
+        return {t.cfg.name: stack.enter_context(self.lab.job(
+                    JOB_KIND, t.cfg.name, t.cfg.to_dict(), total=t.total_steps))
+                for t in self.trainers if not t.done}
+
+    def _train_step(self, step: int, x: torch.Tensor, jobs: dict[str, Any]) -> None:
+        """Global batch `step` for every SAE still at that step: train, report, checkpoint or
+        finish."""
+        for t in self.trainers:
+            if t.done or t.steps_done != step:
+                continue
+            if t.steps_done == 0:
+                t.initialize(x)
+            metrics = t.step(x)
+            if t.cfg.name in jobs:
+                jobs[t.cfg.name].update(t.steps_done, force=t.done, **metrics)
+            if t.done:
+                self._finish(t, x)
+            elif t.steps_done % self._checkpoint_every(t) == 0:
+                self._checkpoint(t)
 
     # -- per step helpers ------------------------------------------------------------------------
     def _next_batch(self, stream, step: int) -> torch.Tensor:
@@ -223,7 +238,7 @@ class _Run:
         return x
 
     def _checkpoint_every(self, t: SAETrainer) -> int:
-        return max(1, int(t.cfg.checkpoint_every_tokens) // self.batch_size)  # type: ignore[arg-type]
+        return max(1, t.cfg.checkpoint_every_tokens // self.batch_size)
 
     def _checkpoint(self, t: SAETrainer) -> None:
         if not t.params_finite():
@@ -321,3 +336,36 @@ def _check_export(folder, t: SAETrainer, x: torch.Tensor | None) -> float | None
             f"{float(row_error.max()):.2e}); please report this"
         )
     return float(row_error.median())
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def checkpoint_path(work_dir: Path) -> Path:
+    return Path(work_dir) / CHECKPOINT_FILE
+
+
+def save_checkpoint(work_dir: Path, state: dict[str, Any]) -> None:
+    """Atomically write `state` to work_dir/checkpoint.pt."""
+    final = checkpoint_path(work_dir)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(work_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint in work_dir, or None when there is none."""
+    path = checkpoint_path(work_dir)
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign file
+        raise InvalidInputError(
+            f"the training checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); "
+            "delete it or pass --restart to train from scratch"
+        ) from exc

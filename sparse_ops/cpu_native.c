@@ -1,4 +1,4 @@
-/* Row-wise top-k selection and sparse-code gradient sums for the SAE trainer's CPU kernels.
+/* Row-wise top-k selection and sparse-code gradient sums: the native CPU backend of sparse_ops.
  *
  * Plain C (no torch headers: compiles in well under a second), called through ctypes on the
  * data pointers of contiguous tensors; rows are split over POSIX threads. See cpu_native.py.

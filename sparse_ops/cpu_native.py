@@ -1,19 +1,21 @@
-"""Native CPU helpers for the trainer's CPU kernels: row-wise top-k and sparse-code gradients.
+"""The native CPU backend's primitives (``backend="cpu"``): row-wise top-k and sparse-code sums.
 
 torch.topk on CPU costs about 4 ns per element per row even when k is small; selecting the top
 32 of 4096 pre-activations per token that way takes longer than the encoder matmul itself. The
-C code in `cpu_native.c` bounds each row's k-th largest value from below (segment maxima, or the
+C code in ``cpu_native.c`` bounds each row's k-th largest value from below (segment maxima, or the
 last rows' k-th values as a guess), collects with one vectorized compare per 16 values only the
 few that reach it, and cuts those to k, so a row costs about one pass over its values.
-`pair_sums` computes the weight gradients of the sparse encode and decode (and the decode's code
-gradient) in token order, each thread owning a range of latents: every gradient or input row is
-read once while it sits in L1, and no sort of the (token, latent) pairs is needed.
+:func:`pair_sums` computes the weight gradients of the sparse encode and decode (and the decode's
+code gradient) in token order, each thread owning a range of latents: every gradient or input
+row is read once while it sits in L1, and no sort of the (token, latent) pairs is needed.
+:func:`dense_preactivations` is the encode's one dense matmul, into a reused buffer.
 
-The library is compiled on first use with the system C compiler (`cc`, well under a second, no
+The library is compiled on first use with the system C compiler (``cc``, well under a second, no
 torch headers) into a per-user cache and loaded with ctypes; ctypes releases the GIL and the C
 code splits rows over torch.get_num_threads() POSIX threads. Where there is no compiler (or with
-WORKBENCH_NATIVE=0) `available()` is False and callers use their PyTorch path: same results,
-slower. Cache folder: $WORKBENCH_NATIVE_CACHE, else $XDG_CACHE_HOME/sparsity-workbench/native.
+WORKBENCH_NATIVE=0) :func:`available` is False and ``backend="auto"`` picks the PyTorch
+reference instead (sparse_ops.dispatch). Cache folder: $WORKBENCH_NATIVE_CACHE, else
+$XDG_CACHE_HOME/sparsity-workbench/native.
 """
 
 from __future__ import annotations
@@ -152,3 +154,50 @@ def pair_sums(vals: torch.Tensor, idx: torch.Tensor, G: torch.Tensor, rows: int,
     if rc != 0:
         raise ValueError(f"latent ids outside [0, {rows})")
     return out, bias, grad_vals
+
+
+# ----------------------------------------------------------------------------------------------
+# the encode's dense matmul, into reused buffers
+
+_WORKSPACE: dict[tuple, torch.Tensor] = {}
+
+
+def _workspace(rows: int, cols: int, like: torch.Tensor, slot: str) -> torch.Tensor:
+    """A reused [rows, cols] buffer (one flat buffer per slot, dtype and device, grown as
+    needed): a fresh 64 MB pre-activation tensor per step costs page faults comparable to a
+    third of the matmul. Only valid until the next call for the same slot."""
+    key = (slot, like.dtype, like.device)
+    buf = _WORKSPACE.get(key)
+    if buf is None or buf.numel() < rows * cols:
+        buf = _WORKSPACE[key] = torch.empty(rows * cols, dtype=like.dtype, device=like.device)
+    return buf[: rows * cols].view(rows, cols)
+
+
+def dense_preactivations(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x W^T + b -> [n, L] (no autograd), in a buffer that the next call overwrites.
+
+    x [n, d], W [L, d], b [L] or None. The bias rides along as an extra input column of ones
+    ([x, 1] [W, b]^T): one GEMM, where addmm would first copy b into all n x L outputs."""
+    with torch.no_grad():
+        pre = _workspace(x.shape[0], W.shape[0], x, "pre")
+        if b is None:
+            return torch.mm(x, W.T, out=pre)
+        n, d = x.shape
+        x1 = _workspace(n, d + 1, x, "x1")
+        x1[:, :d] = x
+        x1[:, d] = 1.0
+        wb = _workspace(W.shape[0], d + 1, W, "wb")
+        wb[:, :d] = W
+        wb[:, d] = b
+        return torch.mm(x1, wb.T, out=pre)
+
+
+def release_workspace() -> None:
+    """Free the reused buffers (e.g. at the end of a training run)."""
+    _WORKSPACE.clear()
+
+
+def usable(*tensors: torch.Tensor | None) -> bool:
+    """Whether the native code can take these (non-None) tensors: float32 on CPU, library built."""
+    return available() and all(t.device.type == "cpu" and t.dtype == torch.float32
+                               for t in tensors if t is not None)

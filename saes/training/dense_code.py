@@ -18,8 +18,8 @@ from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardS
 from sae_lens.saes.jumprelu_sae import JumpReLU, Step
 from torch import nn
 
-from saes.training.base import TrainableSAE, build_sae_lens
 from saes.training.losses import LossContext, StepResult
+from saes.training.sparse_code import TrainableSAE, build_sae_lens
 
 
 class DenseSAE(TrainableSAE):
@@ -68,8 +68,8 @@ class ReLUTrainable(DenseSAE):
 
 
 class JumpReLUTrainable(DenseSAE):
-    def __init__(self, cfg, d_in):
-        super().__init__(cfg, d_in)
+    def __init__(self, cfg, d_in: int, backend: str = "auto"):
+        super().__init__(cfg, d_in, backend)
         self.threshold = nn.Parameter(torch.full((cfg.latents,), float(cfg.jumprelu_init_threshold)))
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:

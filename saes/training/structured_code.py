@@ -1,4 +1,4 @@
-"""Training the structured (grouped-posterior) SAE (saes/structured.py has the model).
+"""Training the structured (grouped-posterior) SAE (saes/structured.py has the inference model).
 
 Per step: the dense group logits u = z W_enc^T + b_enc [n, G*(m+1)] and magnitude
 pre-activations [n, G] are computed without autograd to rank the groups; the kept groups'
@@ -23,19 +23,54 @@ from sae_lens import SAE
 from torch import nn
 
 from saes.structured import StructuredSAE, StructuredSAEConfig, group_activity, top_groups
-from saes.training.auxk import dead_latent_ids
-from saes.training.base import build_sae_lens
 from saes.training.losses import LossContext
-from saes.training.selected import selected_linear
-from saes.training.sparse_archs import SparseCode, SparseCodeSAE
+from saes.training.sparse_code import SparseCode, SparseCodeSAE, build_sae_lens
+from sparse_ops.decode import gather_sum, segment_sum
+from sparse_ops.dispatch import resolve_backend
+
+
+class _SelectedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W, b, idx, selected, backend):  # type: ignore[override]
+        ctx.backend = backend
+        ctx.has_bias = b is not None
+        ctx.save_for_backward(x, W, idx)
+        return selected.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, W, idx = ctx.saved_tensors
+        g = grad.contiguous()
+        grad_x = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = gather_sum(g, idx, W, None, ctx.backend)
+        want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1] or want_b:
+            grad_W, grad_b = segment_sum(g, idx, x, W.shape[0], ctx.backend, W.dtype, want_b)
+            grad_b = grad_b.to(W.dtype) if want_b else None
+        return grad_x, grad_W, grad_b, None, None, None
+
+
+def selected_linear(
+    x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, idx: torch.Tensor,
+    dense_pre: torch.Tensor, backend: str,
+) -> torch.Tensor:
+    """Entries idx [N, K] of dense_pre = x W^T + b [N, L] (computed without grad) -> [N, K].
+
+    x [N, d], W [L, d], b [L] or None. Differentiable w.r.t. x, W and b through the chosen
+    entries only: the backward costs O(N * K * d) (sparse_ops' gather_sum / segment_sum on
+    `backend`) instead of three dense [N, L] matmuls.
+    """
+    chosen = resolve_backend(backend, x.device)
+    return _SelectedLinear.apply(x, W, b, idx, dense_pre.gather(1, idx), chosen)
 
 
 class StructuredTrainable(SparseCodeSAE):
     """Structured SAE: G groups of m values (+ null), k_G groups kept per token."""
 
-    def __init__(self, cfg, d_in):
+    def __init__(self, cfg, d_in: int, backend: str = "auto"):
         self.n_groups, self.group_size, self.k_groups = cfg.groups, cfg.group_size, cfg.k_groups
-        super().__init__(cfg, d_in)
+        super().__init__(cfg, d_in, backend)
         self.W_mag = nn.Parameter(torch.zeros(self.n_groups, d_in))
         self.b_mag = nn.Parameter(torch.zeros(self.n_groups))
 
@@ -79,10 +114,10 @@ class StructuredTrainable(SparseCodeSAE):
         n, J = groups.shape
         m = self.group_size
         rows = (groups.unsqueeze(-1) * (m + 1) + torch.arange(m + 1, device=z.device)).reshape(n, -1)
-        u = selected_linear(z, self.W_enc, self.b_enc, rows, logits, self.kernels).view(n, J, m + 1)
+        u = selected_linear(z, self.W_enc, self.b_enc, rows, logits, self.backend).view(n, J, m + 1)
         posteriors = torch.softmax(u, dim=-1)[..., :m]
         scale = F.softplus(selected_linear(z, self.W_mag, self.b_mag, groups, magnitude,
-                                               self.kernels))
+                                           self.backend))
         values = (posteriors * scale.unsqueeze(-1)).reshape(n, J * m)
         indices = (groups.unsqueeze(-1) * m + torch.arange(m, device=z.device)).reshape(n, J * m)
         return SparseCode(values, indices)
@@ -91,13 +126,13 @@ class StructuredTrainable(SparseCodeSAE):
         logits, magnitude = self._dense(z)
         activity = group_activity(logits.view(z.shape[0], self.n_groups, self.group_size + 1))
         code = self.group_code(z, logits, magnitude, top_groups(activity, self.k_groups))
-        code.dense = (logits, magnitude, activity)
+        code.preactivations = (logits, magnitude, activity)
         return code
 
     def aux_code(self, z: torch.Tensor, code: SparseCode, dead: torch.Tensor) -> SparseCode:
-        logits, magnitude, activity = code.dense
-        ids = dead_latent_ids(dead)
-        k_aux_groups = max(1, int(self.cfg.k_aux) // self.group_size)
+        logits, magnitude, activity = code.preactivations
+        ids = dead.nonzero().squeeze(1)
+        k_aux_groups = max(1, self.cfg.k_aux // self.group_size)
         top = torch.topk(activity[:, ids], min(k_aux_groups, ids.numel()), dim=1).indices
         aux = self.group_code(z, logits, magnitude, ids[top])
         aux.scale = min(ids.numel() / k_aux_groups, 1.0)

@@ -95,3 +95,85 @@ def test_bad_input_gives_clear_errors_and_writes_nothing(planted, tmp_path):
     with pytest.raises(InvalidInputError, match="at least one"):
         discover(planted.model, planted.sae, {})
     assert torch.isfinite(planted.sae.W_dec).all()
+
+
+# -- vectors from the report, the steer commands ---------------------------------------------
+def _cli(monkeypatch, capsys, lab, *args):
+    from app.cli import main
+
+    monkeypatch.setenv("WORKBENCH_LAB", str(lab.root))
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_report_vectors_by_method(planted):
+    from steering.langfir import load_report
+    from steering.making import METHODS, make_report_vectors, vector_from_report
+    from steering.vectors import SteeringVector
+
+    lab = planted.lab
+    if not lab.exists("planted-report"):
+        run_langfir(lab, "planted-report", "planted-lm", str(planted.sae_path), "corpus",
+                    config=_config(planted))
+    report = load_report(lab, "planted-report")
+    for lang in planted.languages:
+        vec = vector_from_report(report, lang, "langfir", planted.sae)
+        planted_dir = planted.sae.W_dec[planted.planted[lang]]
+        assert torch.allclose(vec.directions[HOOK0], planted_dir / planted_dir.norm(), atol=1e-5)
+        assert vec.features[0]["index"] == planted.planted[lang]
+        diff = vector_from_report(report, lang, "diffmean")
+        # DiffMean finds the planted direction too: the language's mean residual carries e_L
+        cos = float(diff.directions[HOOK0] @ vec.directions[HOOK0])
+        assert cos > 0.3, (lang, cos)
+        sd = vector_from_report(report, lang, "saediff", planted.sae)
+        assert sd.features[0]["index"] == planted.planted[lang]
+    arts = make_report_vectors(lab, "planted-report", overwrite=True)
+    assert {a.name for a in arts} == {f"planted-report-{lang}-{m}" for lang in planted.languages
+                                      for m in METHODS}
+    back = SteeringVector.from_lab(lab, "planted-report-de-langfir")
+    assert back.language == "de" and back.method == "langfir" and back.layers == [0]
+    with pytest.raises(InvalidInputError, match="unknown method"):
+        vector_from_report(report, "de", "lape", planted.sae)
+
+
+def test_steer_commands(planted, monkeypatch, capsys):
+    lab = planted.lab
+    if not lab.exists("planted-report"):
+        run_langfir(lab, "planted-report", "planted-lm", str(planted.sae_path), "corpus",
+                    config=_config(planted))
+    code, out, err = _cli(monkeypatch, capsys, lab, "langfir", "show", "planted-report")
+    assert code == 0, err
+    assert "CE increase" in out and "kept features by number of documents" in out
+    code, out, err = _cli(monkeypatch, capsys, lab, "steer", "make", "feat-vec", "--from-feature",
+                          f"{planted.sae_path}:{planted.planted['ru']}", "--strength", "3")
+    assert code == 0, err
+    code, out, err = _cli(monkeypatch, capsys, lab, "steer", "show", "feat-vec", "--json")
+    assert code == 0 and '"method": "feature"' in out and '"strength": 3.0' in out
+    code, out, err = _cli(monkeypatch, capsys, lab, "steer", "generate", "feat-vec",
+                          "--prompt", "Hallo", "--prompt", "The cat", "--max-new-tokens", "5")
+    assert code == 0, err
+    assert out.count("unsteered:") == 4 and "sampled" in out
+    code, out, err = _cli(monkeypatch, capsys, lab, "steer", "generate", "--feature",
+                          f"{planted.sae_path}:{planted.planted['de']}", "--clamp", "20",
+                          "--prompt", "The cat", "--max-new-tokens", "4")
+    assert code == 0, err
+    code, out, err = _cli(monkeypatch, capsys, lab, "steer", "generate", "feat-vec", "--prompt",
+                          "x", "--strength", "nan")
+    assert code == 2 and err.startswith("error: ") and "finite" in err
+    code, out, err = _cli(monkeypatch, capsys, lab, "steer", "eval", "planted-report",
+                          "--name", "planted-eval", "--targets", "ru", "--strengths", "0,8",
+                          "--prompts-per-source", "2", "--max-new-tokens", "6")
+    assert code == 0, err
+    assert lab.get("planted-eval").kind == "analysis"
+    summary = pd.read_parquet(lab.get("planted-eval").path / "summary.parquet")
+    assert set(summary.strength) == {0.0, 8.0} and set(summary.target) == {"ru"}
+    assert {"accuracy", "accuracy_langdetect", "fluency_ce", "bleu"} <= set(summary.columns)
+    code, out, err = _cli(monkeypatch, capsys, lab, "langfir", "run", "--model", "planted-lm",
+                          "--sae", str(planted.sae_path), "--corpus", "corpus", "--languages",
+                          "en,xx", "--name", "never")
+    assert code == 2 and "unknown language" in err and not lab.exists("never")

@@ -1,0 +1,120 @@
+"""Lab LMs exported to Hugging Face transformers: every supported preset option loads with
+AutoModelForCausalLM offline and reproduces the HookedTransformer's logits; the rest is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fixtures_lab import SMALL_LANGUAGES, read_fortunes
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from workbench.errors import InvalidInputError
+from workbench.models.architectures import quiet_hooked_transformer
+from workbench.models.export_hf import EXPORT_INFO_FILE, export_hf, hf_style
+from workbench.models.presets import lm_config
+from workbench.models.tokenizer import load_tokenizer_folder, train_tokenizer
+
+GPT2_OPTIONS = [{"act_fn": "gelu"}, {"act_fn": "relu"}, {"act_fn": "silu"}]
+LLAMA = {"normalization": "RMS", "positional": "rotary", "gated": True}
+LLAMA_OPTIONS = [{**LLAMA, "act_fn": "silu"}, {**LLAMA, "act_fn": "gelu"},
+                 {**LLAMA, "act_fn": "relu"}, {**LLAMA, "act_fn": "silu", "n_key_value_heads": 2},
+                 {**LLAMA, "act_fn": "silu", "n_key_value_heads": 1}]
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return [t for file in SMALL_LANGUAGES.values() for t in read_fortunes(file, 60)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(texts, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tok")
+    train_tokenizer(texts, vocab_size=512).save_pretrained(str(folder))
+    return load_tokenizer_folder(folder)  # as a lab loads it
+
+
+def make_model(tokenizer, seed: int = 0, **options):
+    """A tiny preset model with every parameter random (biases and norm gains too), b_U zero."""
+    torch.manual_seed(seed)
+    model = quiet_hooked_transformer(lm_config("tiny", d_vocab=len(tokenizer), n_ctx=48,
+                                               **options), tokenizer)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name != "unembed.b_U" and not name.endswith(("W_E", "W_pos")) and param.ndim == 1:
+                param.add_(0.2 * torch.randn_like(param))
+    return model.eval()
+
+
+@pytest.mark.parametrize("options", GPT2_OPTIONS + LLAMA_OPTIONS,
+                         ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_export_loads_offline_and_matches_logits(tmp_path, tokenizer, texts, options):
+    model = make_model(tokenizer, **options)
+    report = export_hf(model, tokenizer, tmp_path / "hf")
+    assert report.style == ("llama" if options.get("gated") else "gpt2")
+    assert report.max_abs_logit_diff is not None and report.max_abs_logit_diff < 1e-4
+
+    hf_model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+    hf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+    assert type(hf_model).__name__ == report.architecture
+    batch = texts[:3]
+    ids = [hf_tok(t)["input_ids"][:40] for t in batch]
+    for text, row in zip(batch, ids):
+        assert row == model.to_tokens(text)[0, :40].tolist()  # same tokenizer, BOS first
+    tokens = torch.tensor([row[:20] for row in ids])
+    with torch.no_grad():
+        diff = (hf_model(tokens).logits - model(tokens)).abs().max().item()
+    assert diff < 1e-4
+    assert (tmp_path / "hf" / EXPORT_INFO_FILE).exists()
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"normalization": "LN", "positional": "rotary"}, "supported layouts"),
+    ({"normalization": "RMS", "positional": "standard"}, "supported layouts"),
+    ({"gated": True}, "supported layouts"),
+    ({"normalization": "RMS", "positional": "rotary"}, "supported layouts"),
+    ({"n_key_value_heads": 2}, "grouped-query attention"),
+])
+def test_unsupported_layouts_are_refused(tmp_path, tokenizer, options, needle):
+    model = make_model(tokenizer, **options)
+    with pytest.raises(InvalidInputError, match=needle):
+        export_hf(model, tokenizer, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nonzero_unembedding_bias_is_refused_with_reason(tmp_path, tokenizer):
+    model = make_model(tokenizer)
+    with torch.no_grad():
+        model.unembed.b_U[3] = 0.5
+    with pytest.raises(InvalidInputError, match="unembedding bias b_U is nonzero.*no bias"):
+        hf_style(model)
+    with pytest.raises(InvalidInputError):
+        export_hf(model, tokenizer, tmp_path / "hf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_overwrite(tmp_path, tokenizer):
+    model = make_model(tokenizer)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "keep.txt").write_text("mine")
+    with pytest.raises(InvalidInputError, match="already exists.*--overwrite"):
+        export_hf(model, tokenizer, tmp_path / "hf")
+    assert (tmp_path / "hf" / "keep.txt").read_text() == "mine"
+    export_hf(model, tokenizer, tmp_path / "hf", overwrite=True, check=False)
+    assert not (tmp_path / "hf" / "keep.txt").exists()
+    assert (tmp_path / "hf" / "config.json").exists()
+
+
+def test_cli_export_hf_of_a_lab_model(tmp_path):
+    from fixtures_lab import small_lm_setup
+    from test_cli import run_cli
+
+    lab, _, _ = small_lm_setup(tmp_path / "lab")
+    out = run_cli("lm", "export-hf", "lm", "--out", str(tmp_path / "hf"), "--json", lab=lab.root)
+    assert out.returncode == 0, out.stderr
+    assert '"style": "gpt2"' in out.stdout
+    hf_model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+    assert hf_model.config.n_layer == 2
+    again = run_cli("lm", "export-hf", "lm", "--out", str(tmp_path / "hf"), lab=lab.root)
+    assert again.returncode == 2 and again.stderr.startswith("error: ")
+    assert "--overwrite" in again.stderr and "Traceback" not in again.stderr

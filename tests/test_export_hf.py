@@ -118,3 +118,36 @@ def test_cli_export_hf_of_a_lab_model(tmp_path):
     again = run_cli("lm", "export-hf", "lm", "--out", str(tmp_path / "hf"), lab=lab.root)
     assert again.returncode == 2 and again.stderr.startswith("error: ")
     assert "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+# GPT-2's split pattern, as llama.cpp's "gpt-2" pre-tokenizer applies it.
+GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def test_tokenizer_splits_like_llamacpp_gpt2(tokenizer, texts):
+    import regex
+
+    from workbench.models.tokenizer import llamacpp_pre_tokenizer
+
+    assert llamacpp_pre_tokenizer(tokenizer) == "gpt-2"
+    pre = tokenizer.backend_tokenizer.pre_tokenizer
+    byte_map = tokenizer.backend_tokenizer.decoder
+    samples = texts + ["  two  spaces\tand\ttabs\n\nnew  lines 1234 3.14 it's I'LL ünïcödé 日本語"]
+    for text in samples:
+        pieces = [piece for piece, _ in pre.pre_tokenize_str(text)]
+        decoded = [byte_map.decode([p]) for p in pieces]  # undo the byte-to-unicode mapping
+        assert decoded == regex.findall(GPT2_SPLIT, text)
+
+
+def test_other_pre_tokenizers_are_not_claimed_as_gpt2(tokenizer):
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    from workbench.models.tokenizer import llamacpp_pre_tokenizer
+
+    core = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    with pytest.raises(InvalidInputError, match="not GPT-2's byte-level"):
+        llamacpp_pre_tokenizer(core)
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    with pytest.raises(InvalidInputError, match="not GPT-2's byte-level"):
+        llamacpp_pre_tokenizer(core)

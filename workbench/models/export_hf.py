@@ -142,6 +142,9 @@ def to_hf_model(model: HookedTransformer) -> torch.nn.Module:
         from transformers import GPT2Config, GPT2LMHeadModel
 
         hf_model = GPT2LMHeadModel(_gpt2_config(model.cfg, GPT2Config, model.tokenizer))
+        # n_ctx is read by llama.cpp's and TransformerLens' converters; transformers 5 no
+        # longer writes it
+        hf_model.config.n_ctx = model.cfg.n_ctx
         weights = _gpt2_weights(model.cfg, state)
     else:
         from transformers import LlamaConfig, LlamaForCausalLM

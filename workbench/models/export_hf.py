@@ -340,3 +340,14 @@ def export_lab_model_hf(lab: Lab, name: str, out_dir: str | os.PathLike,
     model = load_model(name, lab=lab, device="cpu")
     return export_hf(model, model.tokenizer, out_dir, overwrite=overwrite,
                      source={"lab": str(lab.root), "model": name, "parents": art.parents})
+
+
+def hf_model_type(cfg: Any) -> str | None:
+    """The transformers `model_type` ("gpt2" or "llama") a model of this config exports to,
+    or None when its layout is neither (the weights, e.g. b_U, are not looked at)."""
+    norm, pos, gated = cfg.normalization_type, cfg.positional_embedding_type, cfg.gated_mlp
+    if norm == "LN" and pos == "standard" and not gated:
+        return GPT2_STYLE
+    if norm == "RMS" and pos == "rotary" and gated:
+        return LLAMA_STYLE
+    return None

@@ -45,6 +45,7 @@ ARTIFACT_KINDS = (
     "probe",
     "sae",
     "steering",
+    "langfir",
     "analysis",
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")

@@ -22,7 +22,9 @@ AREA_MODULES = (
     "acts_cmds",
     "probe_cmds",
     "sae_cmds",
+    "langfir_cmds",
     "bench_cmds",
+    "steer_cmds",
     "demo_cmds",
 )
 

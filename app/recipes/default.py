@@ -5,8 +5,10 @@ stopped, and the second run only starts the dashboard):
 
 1. `default-corpus`   multilingual corpus (9 languages, ~250k characters each)
 2. `default-tok`      byte-level BPE tokenizer (4096 tokens)
-3. `default-lm`       tiny LM (2 layers x 128) trained on the corpus
-4. `default-acts`     activations at the middle of the LM (blocks.0.hook_resid_post)
+3. `default-lm`       narrow LM (4 layers x 128, unembedding bias fixed at zero) trained on the
+                      corpus
+4. `default-acts`     activations at the middle of the LM (blocks.1.hook_resid_post, the output
+                      of block 1: a llama.cpp control vector can sit there)
 5. `default-lang-probe`  language-ID probe at that hook (validated on held-out documents)
 6. `default-topk`, `default-topafa`  a TopK and a top-AFA SAE trained in one pass, each with its
    evaluation (eval.json) and feature statistics (Parquet)
@@ -33,18 +35,18 @@ class DefaultRecipe:
     topk_sae: str = "default-topk"
     topafa_sae: str = "default-topafa"
     vocab_size: int = 4096
-    lm_preset: str = "tiny"
+    lm_preset: str = "narrow"
     lm_steps: int = 1000
-    hook: str = "blocks.0.hook_resid_post"
+    hook: str = "blocks.1.hook_resid_post"
     acts_tokens: int = 400_000
-    probe_tokens: int = 60_000
+    probe_tokens: int = 40_000
     sae_latents: int = 2048
     sae_k: int = 32
     sae_afa_lambda: float = 1.0 / 32
     sae_tokens: int = 400_000
     sae_batch_size: int = 2048
     eval_tokens: int = 16_384
-    stats_tokens: int = 50_000
+    stats_tokens: int = 20_000
 
 
 def build_default_lab(lab: Lab, echo: Callable[[str], None] = print,

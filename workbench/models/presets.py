@@ -33,6 +33,7 @@ class LMShape:
 
 PRESETS: dict[str, LMShape] = {
     "tiny": LMShape(2, 128, 4, 32, 512, "2 layers x 128, 4 heads of 32, MLP 512 (trains in minutes on CPU)"),
+    "narrow": LMShape(4, 128, 4, 32, 512, "4 layers x 128, 4 heads of 32, MLP 512 (the default lab's LM)"),
     "small": LMShape(4, 256, 8, 32, 1024, "4 layers x 256, 8 heads of 32, MLP 1024"),
 }
 ACT_FNS = ("gelu", "relu", "silu")
@@ -56,7 +57,7 @@ def lm_config(
     """Build the `HookedTransformerConfig` of a preset with the chosen options.
 
     Args:
-        preset: a key of PRESETS ("tiny", "small").
+        preset: a key of PRESETS ("tiny", "narrow", "small").
         d_vocab: vocabulary size (the tokenizer's `len(tokenizer)`).
         n_ctx: context length in tokens.
         act_fn: "gelu", "relu" or "silu" (the MLP non-linearity).

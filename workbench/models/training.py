@@ -176,6 +176,8 @@ def train_lm(
                          train_cfg)
     torch.manual_seed(train_cfg.seed)
     model = move_model(arch.build(model_cfg, options), dev)
+    if not train_cfg.unembed_bias:
+        _fix_unembed_bias_at_zero(model)
     optimizer = _make_optimizer(model, train_cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -391,6 +393,15 @@ def _documents(corpus: Corpus, split: str, shuffle_seed: int | None) -> list[str
         return texts
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(shuffle_seed))
     return [texts[i] for i in order.tolist()]
+
+
+def _fix_unembed_bias_at_zero(model: torch.nn.Module) -> None:
+    """Zero the unembedding bias b_U and freeze it (GPT-2 and Llama heads have no bias)."""
+    bias = getattr(getattr(model, "unembed", None), "b_U", None)
+    if isinstance(bias, torch.nn.Parameter):
+        with torch.no_grad():
+            bias.zero_()
+        bias.requires_grad_(False)
 
 
 def _make_optimizer(model: torch.nn.Module, cfg: LMTrainConfig) -> torch.optim.AdamW:

@@ -1,0 +1,179 @@
+"""LangFIR on the constructed case (planted language features + a generic feature), its report
+artifact, and clear errors that write nothing."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from fixtures_steering import HOOK0, planted_setup
+
+from steering.langfir import LangFIRConfig, discover, load_report, run_langfir
+from workbench.errors import InvalidInputError, NotFoundError
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return planted_setup(tmp_path_factory.mktemp("planted") / "lab")
+
+
+def _config(planted, **kw):
+    tau = 0.5 * min(planted.coverage.values())
+    return LangFIRConfig(tau=tau, tau_r=0.08, n_docs=60, n_random=60, ablation_docs=8,
+                         stability_sizes=(10, 30, 60), **kw)
+
+
+def test_keeps_exactly_the_planted_features(planted):
+    assert min(planted.coverage.values()) > 0.08, planted.coverage
+    texts = {lang: planted.corpus.texts("train", lang) for lang in planted.languages}
+    result = discover(planted.model, planted.sae, texts, _config(planted))
+    assert result.hook == HOOK0
+    assert result.kept == {lang: [planted.planted[lang]] for lang in planted.languages}
+    freq = result.frequencies
+    assert freq.p_random[planted.generic] > 0.99  # the generic feature fires on random tokens ...
+    for lang in planted.languages:  # ... and on every language: a candidate the filter drops
+        assert freq[f"p_{lang}"][planted.generic] > 0.99
+    feats = result.features.set_index("language")
+    for lang in planted.languages:
+        assert feats.loc[lang, "selectivity"] >= 5.0
+    # the ablation matrix: every ablated language against every evaluated one
+    assert set(zip(result.ablation.ablated, result.ablation.evaluated)) == {
+        (a, e) for a in planted.languages for e in planted.languages}
+    assert result.mean_resid[planted.languages[0]].shape == (planted.model.cfg.d_model,)
+    stab = result.stability[result.stability.n_docs == 60]
+    assert (stab.jaccard_to_largest == 1.0).all()
+
+
+def test_report_artifact_round_trip(planted):
+    lab = planted.lab
+    art = run_langfir(lab, "planted-report", "planted-lm", str(planted.sae_path), "corpus",
+                      config=_config(planted))
+    assert art.kind == "langfir"
+    report = load_report(lab, "planted-report")
+    assert report.languages == planted.languages
+    for lang in planted.languages:
+        assert report.kept(lang) == [planted.planted[lang]]
+    assert isinstance(report.features, pd.DataFrame) and len(report.features) == len(planted.languages)
+    assert {"ablated", "evaluated", "increase"} <= set(report.ablation.columns)
+    assert report.meta["resid_norm"] > 0
+    with pytest.raises(NotFoundError, match="no language"):
+        report.kept("xx")
+
+
+def _fails(lab, name, match, exc=InvalidInputError, **kw):
+    args = {"model": "planted-lm", "sae": kw.pop("sae"), "corpus": kw.pop("corpus", "corpus")}
+    with pytest.raises(exc, match=match):
+        run_langfir(lab, name, **args, **kw)
+    assert not lab.exists(name)
+
+
+def test_bad_input_gives_clear_errors_and_writes_nothing(planted, tmp_path):
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from workbench.data.store import write_split
+
+    lab = planted.lab
+    sae = str(planted.sae_path)
+    _fails(lab, "bad1", "unknown language", NotFoundError, sae=sae, languages=["en", "xx"])
+    # a corpus that lists French but has no French text
+    frame = planted.corpus.frame("train")
+    with lab.new_artifact("corpus", "no-french") as art:
+        write_split(art.path, "train", frame)
+        write_split(art.path, "validation", planted.corpus.frame("validation"))
+        art.manifest["languages"] = [*planted.languages, "fr"]
+    _fails(lab, "bad2", "has no text", sae=sae, corpus="no-french", languages=["en", "fr"])
+    narrow = StandardSAE(StandardSAEConfig(d_in=64, d_sae=8))
+    narrow.cfg.metadata.hook_name = HOOK0
+    narrow.save_model(str(tmp_path / "narrow"))
+    _fails(lab, "bad3", "d_in=64", sae=str(tmp_path / "narrow"))
+    deep = StandardSAE(StandardSAEConfig(d_in=128, d_sae=8))
+    deep.cfg.metadata.hook_name = "blocks.9.hook_resid_post"
+    deep.save_model(str(tmp_path / "deep"))
+    _fails(lab, "bad4", "no hook", NotFoundError, sae=str(tmp_path / "deep"))
+    with pytest.raises(InvalidInputError, match="tau"):
+        LangFIRConfig(tau=float("nan")).validate()
+    with pytest.raises(InvalidInputError, match="at least one"):
+        discover(planted.model, planted.sae, {})
+    assert torch.isfinite(planted.sae.W_dec).all()
+
+
+# -- vectors from the report, the steer commands ---------------------------------------------
+def _cli(monkeypatch, capsys, lab, *args):
+    from app.cli import main
+
+    monkeypatch.setenv("WORKBENCH_LAB", str(lab.root))
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_report_vectors_by_method(planted):
+    from steering.langfir import load_report
+    from steering.making import METHODS, make_report_vectors, vector_from_report
+    from steering.vectors import SteeringVector
+
+    lab = planted.lab
+    if not lab.exists("planted-report"):
+        run_langfir(lab, "planted-report", "planted-lm", str(planted.sae_path), "corpus",
+                    config=_config(planted))
+    report = load_report(lab, "planted-report")
+    for lang in planted.languages:
+        vec = vector_from_report(report, lang, "langfir", planted.sae)
+        planted_dir = planted.sae.W_dec[planted.planted[lang]]
+        assert torch.allclose(vec.directions[HOOK0], planted_dir / planted_dir.norm(), atol=1e-5)
+        assert vec.features[0]["index"] == planted.planted[lang]
+        diff = vector_from_report(report, lang, "diffmean")
+        # DiffMean finds the planted direction too: the language's mean residual carries e_L
+        cos = float(diff.directions[HOOK0] @ vec.directions[HOOK0])
+        assert cos > 0.3, (lang, cos)
+        sd = vector_from_report(report, lang, "saediff", planted.sae)
+        assert sd.features[0]["index"] == planted.planted[lang]
+    arts = make_report_vectors(lab, "planted-report", overwrite=True)
+    assert {a.name for a in arts} == {f"planted-report-{lang}-{m}" for lang in planted.languages
+                                      for m in METHODS}
+    back = SteeringVector.from_lab(lab, "planted-report-de-langfir")
+    assert back.language == "de" and back.method == "langfir" and back.layers == [0]
+    with pytest.raises(InvalidInputError, match="unknown method"):
+        vector_from_report(report, "de", "lape", planted.sae)
+
+
+def test_steer_commands(planted, monkeypatch, capsys):
+    lab = planted.lab
+    if not lab.exists("planted-report"):
+        run_langfir(lab, "planted-report", "planted-lm", str(planted.sae_path), "corpus",
+                    config=_config(planted))
+    code, out, err = _cli(monkeypatch, capsys, lab, "langfir", "show", "planted-report")
+    assert code == 0, err
+    assert "CE increase" in out and "kept features by number of documents" in out
+    code, out, err = _cli(monkeypatch, capsys, lab, "steer", "make", "feat-vec", "--from-feature",
+                          f"{planted.sae_path}:{planted.planted['ru']}", "--strength", "3")
+    assert code == 0, err
+    code, out, err = _cli(monkeypatch, capsys, lab, "steer", "show", "feat-vec", "--json")
+    assert code == 0 and '"method": "feature"' in out and '"strength": 3.0' in out
+    code, out, err = _cli(monkeypatch, capsys, lab, "steer", "generate", "feat-vec",
+                          "--prompt", "Hallo", "--prompt", "The cat", "--max-new-tokens", "5")
+    assert code == 0, err
+    assert out.count("unsteered:") == 4 and "sampled" in out
+    code, out, err = _cli(monkeypatch, capsys, lab, "steer", "generate", "--feature",
+                          f"{planted.sae_path}:{planted.planted['de']}", "--clamp", "20",
+                          "--prompt", "The cat", "--max-new-tokens", "4")
+    assert code == 0, err
+    code, out, err = _cli(monkeypatch, capsys, lab, "steer", "generate", "feat-vec", "--prompt",
+                          "x", "--strength", "nan")
+    assert code == 2 and err.startswith("error: ") and "finite" in err
+    code, out, err = _cli(monkeypatch, capsys, lab, "steer", "eval", "planted-report",
+                          "--name", "planted-eval", "--targets", "ru", "--strengths", "0,8",
+                          "--prompts-per-source", "2", "--max-new-tokens", "6")
+    assert code == 0, err
+    assert lab.get("planted-eval").kind == "analysis"
+    summary = pd.read_parquet(lab.get("planted-eval").path / "summary.parquet")
+    assert set(summary.strength) == {0.0, 8.0} and set(summary.target) == {"ru"}
+    assert {"accuracy", "accuracy_langdetect", "fluency_ce", "bleu"} <= set(summary.columns)
+    code, out, err = _cli(monkeypatch, capsys, lab, "langfir", "run", "--model", "planted-lm",
+                          "--sae", str(planted.sae_path), "--corpus", "corpus", "--languages",
+                          "en,xx", "--name", "never")
+    assert code == 2 and "unknown language" in err and not lab.exists("never")

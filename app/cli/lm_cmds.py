@@ -171,5 +171,21 @@ def export_hf_cmd(
                f"model: {report.max_abs_logit_diff:.2g}")
 
 
+@lm_app.command("export-gguf")
+def export_gguf_cmd(
+    hf_dir: str = typer.Argument(..., help="Folder written by `workbench lm export-hf`."),
+    out: str = typer.Option(..., help="GGUF file to write."),
+    llama_cpp: str = typer.Option(None, "--llama-cpp", envvar="LLAMA_CPP_DIR",
+                                  help="llama.cpp source tree (has convert_hf_to_gguf.py)."),
+    outtype: str = typer.Option("f32", help="Weight type: f32, f16, bf16 or q8_0."),
+    overwrite: bool = typer.Option(False, help="Replace an existing file."),
+) -> None:
+    """Convert an exported model to a llama.cpp GGUF with llama.cpp's own converter."""
+    from workbench.models.llamacpp import convert_to_gguf
+
+    path = convert_to_gguf(hf_dir, out, llama_cpp, outtype=outtype, overwrite=overwrite)
+    typer.echo(f"wrote {path}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(lm_app, name="lm")

@@ -151,3 +151,17 @@ def test_other_pre_tokenizers_are_not_claimed_as_gpt2(tokenizer):
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     with pytest.raises(InvalidInputError, match="not GPT-2's byte-level"):
         llamacpp_pre_tokenizer(core)
+
+
+def test_gguf_conversion_without_llamacpp_tree_says_where_to_get_it(tmp_path, tokenizer,
+                                                                     monkeypatch):
+    from workbench.errors import NotFoundError
+    from workbench.models.llamacpp import convert_to_gguf
+
+    export_hf(make_model(tokenizer), tokenizer, tmp_path / "hf", check=False)
+    monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
+    with pytest.raises(NotFoundError, match="LLAMA_CPP_DIR.*llama-cpp-python"):
+        convert_to_gguf(tmp_path / "hf", tmp_path / "lm.gguf")
+    with pytest.raises(NotFoundError, match="not a llama.cpp source tree"):
+        convert_to_gguf(tmp_path / "hf", tmp_path / "lm.gguf", llama_cpp_dir=tmp_path)
+    assert not (tmp_path / "lm.gguf").exists()

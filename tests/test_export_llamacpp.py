@@ -21,12 +21,12 @@ from steering.vectors import SteeringVector
 from workbench.models.tokenizer import load_tokenizer_folder, train_tokenizer
 
 LLAMA_CPP_DIR = os.environ.get("LLAMA_CPP_DIR", "")
-if importlib.util.find_spec("llama_cpp") is None:
-    pytest.skip("llama_cpp is not installed (pip install llama-cpp-python; see docs/usage.md)",
-                allow_module_level=True)
 if not (Path(LLAMA_CPP_DIR) / "convert_hf_to_gguf.py").is_file():
-    pytest.skip("LLAMA_CPP_DIR does not name a llama.cpp source tree with convert_hf_to_gguf.py",
-                allow_module_level=True)
+    pytest.skip("LLAMA_CPP_DIR does not name a llama.cpp source tree with convert_hf_to_gguf.py "
+                "(see docs/usage.md)", allow_module_level=True)
+needs_llama_cpp = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="llama_cpp is not installed (pip install llama-cpp-python; see docs/usage.md)")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,25 @@ def tokenizer(texts, tmp_path_factory):
     return load_tokenizer_folder(folder)
 
 
+def test_llamacpp_converter_accepts_the_export(tmp_path, tokenizer):
+    from gguf import GGUFReader
+
+    from workbench.models.export_hf import export_hf
+    from workbench.models.llamacpp import convert_to_gguf
+
+    model = make_model(tokenizer)
+    export_hf(model, tokenizer, tmp_path / "hf")
+    out = convert_to_gguf(tmp_path / "hf", tmp_path / "lm.gguf", LLAMA_CPP_DIR)
+    fields = GGUFReader(str(out)).fields
+    assert fields["general.architecture"].contents() == "gpt2"
+    assert fields["tokenizer.ggml.pre"].contents() == "gpt-2"
+    assert fields["tokenizer.ggml.add_bos_token"].contents() is True
+    assert fields["tokenizer.ggml.bos_token_id"].contents() == tokenizer.bos_token_id
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 # llama.cpp runs GPT-2 with GELU and Llama with SiLU.
+@needs_llama_cpp
 @pytest.mark.parametrize("options", [{"act_fn": "gelu"},
                                      {**LLAMA, "act_fn": "silu", "n_key_value_heads": 2}],
                          ids=["gpt2-style", "llama-style"])

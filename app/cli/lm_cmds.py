@@ -1,4 +1,5 @@
-"""`workbench lm ...`: tokenizers, language-model training, generation, presets and hooks."""
+"""`workbench lm ...`: tokenizers, language-model training, generation, presets, hooks and
+export to Hugging Face transformers."""
 
 from __future__ import annotations
 
@@ -148,6 +149,42 @@ def hooks_cmd(
 
     for pattern in hook_patterns(load_model(model, lab=get_lab())):
         typer.echo(pattern)
+
+
+@lm_app.command("export-hf")
+def export_hf_cmd(
+    name: str = typer.Argument(..., help="Lab model (or NAME@STEP for a kept checkpoint)."),
+    out: str = typer.Option(..., help="Folder to write (a transformers save_pretrained folder)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Export a lab model as a Hugging Face transformers model (GPT-2 or Llama layout) with its
+    tokenizer; checks that the written model's logits equal the lab model's."""
+    from workbench.models.export_hf import export_lab_model_hf
+
+    report = export_lab_model_hf(get_lab(), name, out, overwrite=overwrite)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    typer.echo(f"wrote {report.architecture} ({report.style} style, {report.n_params} "
+               f"parameters) to {report.out_dir}; max |logit difference| against the lab "
+               f"model: {report.max_abs_logit_diff:.2g}")
+
+
+@lm_app.command("export-gguf")
+def export_gguf_cmd(
+    hf_dir: str = typer.Argument(..., help="Folder written by `workbench lm export-hf`."),
+    out: str = typer.Option(..., help="GGUF file to write."),
+    llama_cpp: str = typer.Option(None, "--llama-cpp", envvar="LLAMA_CPP_DIR",
+                                  help="llama.cpp source tree (has convert_hf_to_gguf.py)."),
+    outtype: str = typer.Option("f32", help="Weight type: f32, f16, bf16 or q8_0."),
+    overwrite: bool = typer.Option(False, help="Replace an existing file."),
+) -> None:
+    """Convert an exported model to a llama.cpp GGUF with llama.cpp's own converter."""
+    from workbench.models.llamacpp import convert_to_gguf
+
+    path = convert_to_gguf(hf_dir, out, llama_cpp, outtype=outtype, overwrite=overwrite)
+    typer.echo(f"wrote {path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,10 +9,20 @@ not. Pass `add_special_tokens=False` to get the bare token ids of a fragment.
 
 A tokenizer artifact (kind `tokenizer`) is a `save_pretrained` folder plus the lab manifest, so
 `AutoTokenizer.from_pretrained(artifact.path)` works outside the workbench too.
+
+llama.cpp: the pre-tokenizer (how text is split before the BPE merges) is exactly GPT-2's
+byte-level one (`GPT2_PRE_TOKENIZER`: GPT-2's split regex, no prefix space), which llama.cpp
+implements as the pre-tokenizer "gpt-2". llama.cpp's converter recognizes a pre-tokenizer by a
+hash of the token *ids* it produces on a fixed text, so no tokenizer with a vocabulary of its own
+can match a listed hash; `llamacpp_pre_tokenizer(tok)` checks that `tok` splits like GPT-2 and
+names the llama.cpp entry ("gpt-2") to register its hash under (see `workbench.models.llamacpp`).
+The corpus is NFC-normalized when it is built, so the tokenizer's NFC normalizer (which llama.cpp
+does not apply) changes nothing on it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -36,6 +46,10 @@ PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN)
 DEFAULT_VOCAB_SIZE = 4096
 _MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+# GPT-2's byte-level pre-tokenizer as `tokenizers` serializes it; llama.cpp's name for it.
+GPT2_PRE_TOKENIZER = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                      "use_regex": True}
+LLAMACPP_PRE_TOKENIZER = "gpt-2"
 
 
 def train_tokenizer(
@@ -57,7 +71,7 @@ def train_tokenizer(
         raise InvalidInputError("cannot train a tokenizer on an empty corpus; build a corpus first")
     core = Tokenizer(models.BPE())
     core.normalizer = normalizers.NFC()
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -99,6 +113,35 @@ def mark_bos_prepending(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase
     if tok.bos_token_id is not None and tok.encode("")[:1] == [tok.bos_token_id]:
         tok.add_bos_token = True
     return tok
+
+
+def llamacpp_pre_tokenizer(tok: PreTrainedTokenizerBase | Tokenizer) -> str:
+    """llama.cpp's name for `tok`'s pre-tokenizer ("gpt-2"), after checking that `tok` is a
+    byte-level BPE whose pre-tokenizer is exactly GPT-2's (`GPT2_PRE_TOKENIZER`).
+
+    Raises InvalidInputError naming the difference otherwise (llama.cpp would split such text
+    differently from the tokenizer the model was trained with).
+    """
+    core = tok if isinstance(tok, Tokenizer) else getattr(tok, "backend_tokenizer", None)
+    if core is None:
+        raise InvalidInputError("llama.cpp needs a fast (tokenizers) BPE tokenizer; this one "
+                                f"is a {type(tok).__name__}")
+    spec = json.loads(core.to_str())
+    model_type = (spec.get("model") or {}).get("type")
+    pre = spec.get("pre_tokenizer")
+    if model_type != "BPE":
+        raise InvalidInputError(f"the tokenizer model is {model_type!r}, not a byte-level BPE; "
+                                "llama.cpp's gpt-2 pre-tokenizer does not apply")
+    if pre != GPT2_PRE_TOKENIZER:
+        raise InvalidInputError(
+            f"the tokenizer's pre-tokenizer {pre} is not GPT-2's byte-level one "
+            f"{GPT2_PRE_TOKENIZER}; llama.cpp knows no entry that splits like it. Retrain the "
+            "tokenizer with `workbench lm tokenizer`")
+    normalizer = spec.get("normalizer")
+    if normalizer not in (None, {"type": "NFC"}):
+        raise InvalidInputError(f"the tokenizer normalizes text with {normalizer}, which "
+                                "llama.cpp does not do; retrain it with `workbench lm tokenizer`")
+    return LLAMACPP_PRE_TOKENIZER
 
 
 def tokenizer_stats(tok: PreTrainedTokenizerBase, texts: Sequence[str],

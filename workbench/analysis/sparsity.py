@@ -132,43 +132,71 @@ def mean_cett(a: torch.Tensor, W_out: torch.Tensor, threshold: float,
     return float(cett(a, W_out, threshold, w_norm).mean())
 
 
+class CETTCurve:
+    """Mean CETT of one layer's sampled activations a [T, d_mlp] as a function of the threshold,
+    memoized: bisections for different targets start from the same bracket, so their first
+    midpoints coincide and are computed once (the PPL-p% search asks for many nearby targets)."""
+
+    def __init__(self, a: torch.Tensor, W_out: torch.Tensor, w_norm: torch.Tensor | None = None):
+        self.a, self.W_out = a, W_out
+        self.w_norm = W_out.norm(dim=1) if w_norm is None else w_norm
+        norms = neuron_norms(a, self.w_norm)
+        self.full = (a @ W_out).norm(dim=1)  # [T]
+        sample = norms.flatten()
+        if sample.numel() > _QUANTILE_SAMPLE:
+            pick = torch.randperm(sample.numel(), generator=torch.Generator().manual_seed(0))
+            sample = sample[pick[:_QUANTILE_SAMPLE]]
+        self.lo = float(norms.min())
+        self.hi = float(torch.quantile(sample.double(), 0.99))
+        self._norms = norms
+        self._memo: dict[float, float] = {}
+
+    def __call__(self, t: float) -> float:
+        if t not in self._memo:
+            tail = (self._norms <= t).to(self.a.dtype)
+            truncated = ((self.a * tail) @ self.W_out).norm(dim=1)
+            value = torch.where(self.full > 0, truncated / self.full.clamp_min(1e-30),
+                                torch.zeros_like(self.full))
+            self._memo[t] = float(value.mean())
+        return self._memo[t]
+
+    def threshold(self, target: float, iters: int = 30) -> tuple[float, float]:
+        """(t, CETT(t)): the largest threshold with mean CETT(t) <= target, by `iters` bisection
+        steps between min ||n|| and the 0.99 quantile of ||n||. A target reached only beyond
+        the quantile returns the quantile; a target below CETT at the smallest norm returns a
+        threshold just below it (nothing switched off)."""
+        lo, hi = self.lo, self.hi
+        if self(hi) <= target:
+            return hi, self(hi)
+        if self(lo) > target:
+            below = lo - max(abs(lo) * 1e-6, 1e-30)  # below the smallest norm even in float32
+            return below, self(below)
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            if self(mid) <= target:
+                lo = mid
+            else:
+                hi = mid
+        return lo, self(lo)
+
+
 def threshold_for_cett(a: torch.Tensor, W_out: torch.Tensor, target: float, iters: int = 30,
                        w_norm: torch.Tensor | None = None) -> tuple[float, float]:
-    """(t, CETT(t)): the largest threshold t with mean CETT(t) <= target found by `iters`
-    bisection steps between min ||n|| and the 0.99 quantile of ||n|| (a [T, d_mlp]).
-
-    A target reached only beyond the quantile returns the quantile; a target below CETT at the
-    lowest norm returns a threshold just below it (nothing switched off).
-    """
-    w_norm = W_out.norm(dim=1) if w_norm is None else w_norm
-    norms = neuron_norms(a, w_norm).flatten()
-    if norms.numel() > _QUANTILE_SAMPLE:
-        norms = norms[torch.randperm(norms.numel(), generator=torch.Generator().manual_seed(0))
-                      [:_QUANTILE_SAMPLE]]
-    lo, hi = float(norms.min()), float(torch.quantile(norms.double(), 0.99))
-    c_hi = mean_cett(a, W_out, hi, w_norm)
-    if c_hi <= target:
-        return hi, c_hi
-    c_lo = mean_cett(a, W_out, lo, w_norm)
-    if c_lo > target:
-        below = math.nextafter(lo, -math.inf)
-        return below, mean_cett(a, W_out, below, w_norm)
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        c_mid = mean_cett(a, W_out, mid, w_norm)
-        if c_mid <= target:
-            lo, c_lo = mid, c_mid
-        else:
-            hi = mid
-    return lo, c_lo
+    """(t, CETT(t)) for one layer's activations a [T, d_mlp]; see `CETTCurve.threshold`."""
+    return CETTCurve(a, W_out, w_norm).threshold(target, iters)
 
 
-def thresholds_for_target(acts: dict[int, torch.Tensor], layers: Sequence[MLPLayer],
-                          target: float, iters: int = 30) -> dict[int, tuple[float, float]]:
-    """{layer: (t_l, CETT(t_l))} for a CETT target on sampled activations {layer: [T, d_mlp]}."""
+def cett_curves(acts: dict[int, torch.Tensor], layers: Sequence[MLPLayer]
+                ) -> dict[int, CETTCurve]:
+    """{layer: CETTCurve} of sampled activations {layer: [T, d_mlp]}."""
+    return {m.layer: CETTCurve(acts[m.layer], m.W_out, m.w_norm) for m in layers}
+
+
+def thresholds_for_target(curves: dict[int, CETTCurve], target: float, iters: int = 30
+                          ) -> dict[int, tuple[float, float]]:
+    """{layer: (t_l, CETT(t_l))} for a CETT target (`cett_curves` makes `curves`)."""
     check_fraction("the CETT target", target)
-    return {m.layer: threshold_for_cett(acts[m.layer], m.W_out, target, iters, m.w_norm)
-            for m in layers}
+    return {layer: curve.threshold(target, iters) for layer, curve in curves.items()}
 
 
 # -- collecting activations and running sparse ---------------------------------------------------
@@ -362,7 +390,7 @@ class SparsityConfig:
     max_evals: int = 24
     fixed_eps: float = 1e-2
     topk: bool = True
-    bisect_iters: int = 30
+    bisect_iters: int = 24
     batch_tokens: int = DEFAULT_BATCH_TOKENS
     seed: int = 0
 
@@ -388,7 +416,7 @@ class PPLSearch:
     activation_ratios: list[float]  # per trace entry
 
 
-def ppl_p_search(model, layers: Sequence[MLPLayer], acts: dict[int, torch.Tensor],
+def ppl_p_search(model, layers: Sequence[MLPLayer], curves: dict[int, CETTCurve],
                  tokens: torch.Tensor, p: float, cfg: SparsityConfig,
                  loss_dense: float | None = None, bar=None) -> PPLSearch:
     """Search the CETT target c whose thresholds raise the PPL on `tokens` by p%."""
@@ -398,7 +426,7 @@ def ppl_p_search(model, layers: Sequence[MLPLayer], acts: dict[int, torch.Tensor
     ratios: list[float] = []
 
     def evaluate(c: float) -> float:
-        ts = thresholds_for_target(acts, layers, c, cfg.bisect_iters)
+        ts = thresholds_for_target(curves, c, cfg.bisect_iters)
         run = sparse_run(model, layers, tokens, threshold_rule({l: t for l, (t, _) in ts.items()}),
                          cfg.batch_tokens)
         ratios.append(run.activation_ratio)
@@ -409,7 +437,7 @@ def ppl_p_search(model, layers: Sequence[MLPLayer], acts: dict[int, torch.Tensor
 
     result = search_increasing(evaluate, 1 + p / 100, 0.0, 1.0, cfg.c_tol, cfg.ppl_tol / 100,
                                cfg.max_evals)
-    thresholds = thresholds_for_target(acts, layers, result.value, cfg.bisect_iters)
+    thresholds = thresholds_for_target(curves, result.value, cfg.bisect_iters)
     return PPLSearch(result.value, thresholds, loss_dense, result, ratios)
 
 
@@ -436,11 +464,12 @@ def analyze_sparsity(model, lab: Lab | None = None, cfg: SparsityConfig | None =
     sample = tokens[:max(1, math.ceil(cfg.threshold_tokens / (ctx - 1)))]
     bar = progress_bar(range(0), f"sparsity {model_name}", total=None, enabled=progress)
     with bar if progress else nullcontext():
-        acts = collect_mlp_activations(model, layers, sample, cfg.batch_tokens)
+        curves = cett_curves(collect_mlp_activations(model, layers, sample, cfg.batch_tokens),
+                             layers)
         dense = sparse_run(model, layers, tokens, None, cfg.batch_tokens, zero_counts=True)
         dense_search = (dense.loss if search_seq >= len(tokens)
                         else sparse_run(model, layers, search_tokens, None, cfg.batch_tokens).loss)
-        search = ppl_p_search(model, layers, acts, search_tokens, cfg.p, cfg, dense_search, bar)
+        search = ppl_p_search(model, layers, curves, search_tokens, cfg.p, cfg, dense_search, bar)
         thresholds = {l: t for l, (t, _) in search.thresholds.items()}
         final = sparse_run(model, layers, tokens, threshold_rule(thresholds), cfg.batch_tokens,
                            keep_per_token=True)

@@ -51,6 +51,7 @@ from workbench.analysis.common import (
 )
 from workbench.analysis.sparsity import (
     SparsityConfig,
+    cett_curves,
     collect_mlp_activations,
     mlp_layers,
     search_increasing,
@@ -165,7 +166,7 @@ class SparsityLawConfig:
     c_tol: float = 1e-6
     ppl_tol: float = 0.05
     max_evals: int = 20
-    bisect_iters: int = 30
+    bisect_iters: int = 24
     batch_tokens: int = DEFAULT_BATCH_TOKENS
     seed: int = 0
 
@@ -188,7 +189,7 @@ class _Checkpoint:
     step: int
     model: Any
     layers: list
-    acts: dict
+    curves: dict
     dense_loss: float
     zero_ratio: float
 
@@ -199,13 +200,13 @@ def _load_checkpoint(lab: Lab, name: str, step: int, tokens: torch.Tensor, sampl
 
     model = load_model(f"{name}@{step}", lab=lab)
     layers = mlp_layers(model)
-    acts = collect_mlp_activations(model, layers, sample, cfg.batch_tokens)
+    curves = cett_curves(collect_mlp_activations(model, layers, sample, cfg.batch_tokens), layers)
     dense = sparse_run(model, layers, tokens, None, cfg.batch_tokens, zero_counts=True)
-    return _Checkpoint(step, model, layers, acts, dense.loss, dense.activation_ratio)
+    return _Checkpoint(step, model, layers, curves, dense.loss, dense.activation_ratio)
 
 
 def _sparse_at(ck: _Checkpoint, c: float, tokens: torch.Tensor, cfg: SparsityLawConfig):
-    ts = thresholds_for_target(ck.acts, ck.layers, c, cfg.bisect_iters)
+    ts = thresholds_for_target(ck.curves, c, cfg.bisect_iters)
     return sparse_run(ck.model, ck.layers, tokens,
                       threshold_rule({l: t for l, (t, _) in ts.items()}), cfg.batch_tokens)
 

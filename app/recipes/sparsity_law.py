@@ -52,10 +52,12 @@ class SparsityLawRecipe:
     batch_size: int = 16
     lr: float = 3e-3
     checkpoints: str = "geometric"
-    eval_tokens: int = 16384
-    threshold_tokens: int = 4096
+    eval_tokens: int = 8192
+    threshold_tokens: int = 2048
     p: float = 1.0
-    joint_last: int = 3
+    joint_last: int = 2
+    max_evals: int = 16
+    fit_min_step: int = 8
     train_extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -64,7 +66,7 @@ class SparsityLawRecipe:
                    vocab_size=384, prefix="slq", analysis="sparsity-law-quick", pair=(1, 64),
                    sweep=((2, 32),), d_head=16, n_ctx=32, steps=24, batch_size=8,
                    checkpoints="geometric:2", eval_tokens=1024, threshold_tokens=512,
-                   joint_last=2, train_extra={"warmup_steps": 4, "eval_every": 24,
+                   joint_last=2, fit_min_step=1, train_extra={"warmup_steps": 4, "eval_every": 24,
                                               "eval_sequences": 8, "final_eval_sequences": 16,
                                               "save_every": 24})
 
@@ -143,7 +145,8 @@ def build_sparsity_law_lab(lab: Lab, echo: Callable[[str], None] = print,
             lab, r.analysis, [name for name, *_ in shapes],
             SparsityLawConfig(corpus=r.corpus, n_tokens=r.eval_tokens,
                               threshold_tokens=r.threshold_tokens, p=r.p,
-                              joint_last=r.joint_last),
+                              joint_last=r.joint_last, max_evals=r.max_evals,
+                              fit_min_step=r.fit_min_step),
             progress=progress)
         echo(f"[sparsity-law] {r.analysis} done in {time.time() - t0:.0f} s")
     summary = lab.get(r.analysis, kind="analysis").manifest.get("summary", {})

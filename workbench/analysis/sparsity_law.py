@@ -246,7 +246,7 @@ def checkpoint_ratios(lab: Lab, model: str, cfg: SparsityLawConfig | None = None
     tokens = eval_tokens(first, lab, corpus, cfg.n_tokens, cfg.context_size, cfg.split, cfg.seed)
     sample = tokens[:max(1, math.ceil(cfg.threshold_tokens / (tokens.shape[1] - 1)))]
     del first
-    bar = progress_bar(range(len(steps)), f"sparsity-law {model}", enabled=progress)
+    bar = progress_bar(steps, f"sparsity-law {model}", enabled=progress)
     joint_c = None
     if cfg.joint_last:
         last = [_load_checkpoint(lab, model, s, tokens, sample, cfg)

@@ -108,12 +108,11 @@ def test_dense_metrics_match_closed_form():
 def small_model(tmp_path_factory):
     from fixtures_lab import small_lm_setup
 
-    lab, corpus, model = small_lm_setup(tmp_path_factory.mktemp("attn") / "lab")
-    return lab, model
+    return small_lm_setup(tmp_path_factory.mktemp("attn") / "lab")[2]
 
 
 def test_streamed_stats_and_whatif_on_a_model(small_model):
-    lab, model = small_model
+    model = small_model
     tokens = torch.randint(0, model.cfg.d_vocab, (6, 64))
     cfg = AttentionConfig(batch_tokens=128, block_size=16)
     stats = attention_stats(model, tokens, cfg)

@@ -45,7 +45,7 @@ def test_analyze_commands_store_tables(tiny_lab, capsys):
     (("analyze", "show", "cli-nothing"), "no analysis named"),
 ])
 def test_bad_input_exits_2_with_a_message(tiny_lab, capsys, args, needle):
-    code, out, err = run(capsys, "--lab", str(tiny_lab.root), *args)
+    code, _, err = run(capsys, "--lab", str(tiny_lab.root), *args)
     assert code == 2 and err.startswith("error: ") and needle in err, err
     assert "Traceback" not in err
     assert not tiny_lab.exists("bad-p") and not tiny_lab.exists("bad-model")

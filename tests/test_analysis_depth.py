@@ -98,7 +98,7 @@ def test_affine_layer_is_fitted_exactly_and_not_useful(setup):
 
 
 def test_comparison_table_across_models(setup):
-    lab, model = setup
+    lab, _ = setup
     result = compare_depth(["lm", "lm"], lab, DepthConfig(corpus="corpus", n_tokens=512,
                                                           fit_tokens=512), progress=False)
     table = result["tables"]["comparison"]

@@ -89,7 +89,8 @@ def sparsity_cmd(
 
 @analyze_app.command("sparsity-law")
 def sparsity_law_cmd(
-    models: list[str] = typer.Argument(..., help="Lab models with kept checkpoints."),
+    models: list[str] = typer.Argument(  # noqa: B008 (typer's declaration style)
+        ..., help="Lab models with kept checkpoints."),
     corpus: str = typer.Option(None, "--corpus", help=_CORPUS_HELP),
     tokens: int = typer.Option(16384, "--tokens", help="Evaluation tokens per checkpoint."),
     threshold_tokens: int = typer.Option(4096, "--threshold-tokens",
@@ -157,7 +158,7 @@ def attention_cmd(
 
 @analyze_app.command("depth")
 def depth_cmd(
-    model: list[str] = typer.Option(..., "--model",
+    model: list[str] = typer.Option(..., "--model",  # noqa: B008 (typer's declaration style)
                                     help=_MODEL_HELP + " Repeat for a comparison table."),
     corpus: str = typer.Option(None, "--corpus", help=_CORPUS_HELP),
     split: str = typer.Option("validation", "--split", help="Corpus split."),

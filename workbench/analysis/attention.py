@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -137,8 +136,8 @@ def pattern_metrics(pattern: torch.Tensor, cfg: AttentionConfig | None = None
     (batch, head) [batch, head]: vs_coverage, block_k90.
     """
     cfg = cfg or AttentionConfig()
-    b, h, s, s_k = pattern.shape
-    if s != s_k or s < 2:
+    s, s_k = pattern.shape[-2:]
+    if pattern.dim() != 4 or s != s_k or s < 2:
         raise InvalidInputError(f"pattern must be [batch, head, ctx, ctx] with ctx >= 2, got "
                                 f"{tuple(pattern.shape)}")
     p = pattern.float()
@@ -339,7 +338,6 @@ def attention_stats(model, tokens: torch.Tensor, cfg: AttentionConfig,
     def record(pattern, hook):
         layer = int(hook.name.split(".")[1])
         stats.add(layer, pattern_metrics(pattern, cfg))
-        return None
 
     batches = list(iter_batches(tokens, cfg.batch_tokens))
     with fused_forward(model, hooks[0]):  # the layer norms only: the patterns are needed
@@ -530,7 +528,3 @@ def _best_levels(whatif: pd.DataFrame, max_ppl_ratio: float) -> dict[str, Any]:
             "ppl_ratio": float(best.ppl_ratio)}
     return out
 
-
-def metric_names() -> Sequence[str]:
-    return ("k90", "k95", "k99", "k90_keys", "entropy", "eff_keys", "sink_mass", "local_mass",
-            "a_mass", "vs_coverage", "block_k90")

@@ -61,33 +61,36 @@ def run_bench(lab: Lab, cfg: BenchConfig, echo: Callable[[str], None] = print) -
                               "load_average": os.getloadavg()[0], "config": asdict(cfg)}
     if "sparsity" in cfg.parts:
         echo(f"[bench] sparsity over {cfg.tokens} tokens ...")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = analyze_sparsity(model, lab, SparsityConfig(
             corpus=corpus, split=cfg.split, n_tokens=cfg.tokens, search_tokens=cfg.search_tokens,
             ppl_tol=cfg.ppl_tol), progress=False)
         s = res["summary"]
-        report["sparsity"] = {"seconds": time.perf_counter() - t0, "n_tokens": s["n_tokens"],
+        report["sparsity"] = {"seconds": time.perf_counter() - t0,
+                              "cpu_seconds": time.process_time() - c0, "n_tokens": s["n_tokens"],
                               "evaluations": s["evaluations"],
                               "activation_ratio": s["activation_ratio"],
                               "ppl_ratio": s["ppl_ratio"], "cett_target": s["cett_target"]}
     if "attention" in cfg.parts:
         echo(f"[bench] attention over {cfg.tokens} tokens (what-if on {cfg.whatif_tokens}) ...")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = analyze_attention(model, lab, AttentionConfig(
             corpus=corpus, split=cfg.split, n_tokens=cfg.tokens,
             whatif_tokens=cfg.whatif_tokens), progress=False)
         s = res["summary"]
-        report["attention"] = {"seconds": time.perf_counter() - t0, "n_tokens": s["n_tokens"],
+        report["attention"] = {"seconds": time.perf_counter() - t0,
+                               "cpu_seconds": time.process_time() - c0, "n_tokens": s["n_tokens"],
                                "metrics_seconds": s["metrics_seconds"],
                                "class_counts": s["class_counts"]}
     if "depth" in cfg.parts:
         echo(f"[bench] depth over {cfg.tokens} tokens ...")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = analyze_depth(model, lab, DepthConfig(
             corpus=corpus, split=cfg.split, n_tokens=cfg.tokens, fit_tokens=cfg.fit_tokens),
             progress=False)
         s = res["summary"]
-        report["depth"] = {"seconds": time.perf_counter() - t0, "n_tokens": s["n_tokens"],
+        report["depth"] = {"seconds": time.perf_counter() - t0,
+                           "cpu_seconds": time.process_time() - c0, "n_tokens": s["n_tokens"],
                            "global_usefulness": s["global_usefulness"]}
     if "memory" in cfg.parts:
         report["memory"] = []
@@ -124,24 +127,27 @@ def _probe_main(model: str, corpus: str, split: str, n: int, root: str) -> None:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"model {report['model']}, corpus {report['corpus']} ({report['split']}), "
-             f"{report['threads']} torch threads, load average {report['load_average']:.1f} "
-             "(shared machine: timings are noisy)"]
+    lines = [(f"model {report['model']}, corpus {report['corpus']} ({report['split']}), "
+              f"{report['threads']} torch threads, load average {report['load_average']:.1f} "
+              "(shared machine: timings are noisy; CPU seconds count both threads)")]
     cfg = report["config"]
     if "sparsity" in report:
         s = report["sparsity"]
-        lines.append(f"sparsity   {s['seconds']:7.1f} s  {s['n_tokens']} tokens, "
+        lines.append(f"sparsity   {s['seconds']:7.1f} s wall ({s['cpu_seconds']:.0f} s CPU)  "
+                     f"{s['n_tokens']} tokens, "
                      f"{s['evaluations']} search evaluations on {cfg['search_tokens']} tokens "
                      f"(ppl tol {cfg['ppl_tol']} pp); ratio {s['activation_ratio']:.4f} at "
                      f"PPL x{s['ppl_ratio']:.4f}")
     if "attention" in report:
         s = report["attention"]
-        lines.append(f"attention  {s['seconds']:7.1f} s  {s['n_tokens']} tokens (metrics "
+        lines.append(f"attention  {s['seconds']:7.1f} s wall ({s['cpu_seconds']:.0f} s CPU)  "
+                     f"{s['n_tokens']} tokens (metrics "
                      f"{s['metrics_seconds']:.1f} s; what-if on {cfg['whatif_tokens']} tokens); "
                      f"classes {s['class_counts']}")
     if "depth" in report:
         s = report["depth"]
-        lines.append(f"depth      {s['seconds']:7.1f} s  {s['n_tokens']} tokens (+ "
+        lines.append(f"depth      {s['seconds']:7.1f} s wall ({s['cpu_seconds']:.0f} s CPU)  "
+                     f"{s['n_tokens']} tokens (+ "
                      f"{cfg['fit_tokens']} fit tokens); global usefulness "
                      f"{s['global_usefulness']:.2f}")
     for m in report.get("memory", []):

@@ -367,8 +367,8 @@ def compare_depth(models: Sequence[Any], lab: Lab | None = None,
         result["summary"]["model"] = model_name
         summaries.append(result["summary"])
         rows.append(comparison_row(loaded, result["summary"], result["tables"]))
-        for key in parts:
-            parts[key].append(result["tables"][key].assign(model=model_name))
+        for key, frames in parts.items():
+            frames.append(result["tables"][key].assign(model=model_name))
     tables = {"comparison": pd.DataFrame(rows),
               **{k: pd.concat(v, ignore_index=True) for k, v in parts.items()}}
     summary = {"analysis": "depth-comparison", "models": [s["model"] for s in summaries],

@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,7 +58,7 @@ from workbench.analysis.common import (
     write_analysis,
 )
 from workbench.errors import InvalidInputError, NotFoundError
-from workbench.lab import Artifact, Lab
+from workbench.lab import Lab
 
 _SUPPORTED_MLPS = ("MLP", "GatedMLP")
 _QUANTILE_SAMPLE = 1 << 22  # norms used for the 0.99 quantile (upper end of the bisection)
@@ -462,8 +461,7 @@ def analyze_sparsity(model, lab: Lab | None = None, cfg: SparsityConfig | None =
     search_seq = math.ceil((cfg.search_tokens or cfg.n_tokens) / ctx)
     search_tokens = tokens[:search_seq]
     sample = tokens[:max(1, math.ceil(cfg.threshold_tokens / (ctx - 1)))]
-    bar = progress_bar(range(0), f"sparsity {model_name}", total=None, enabled=progress)
-    with bar if progress else nullcontext():
+    with progress_bar(range(0), f"sparsity {model_name}", total=None, enabled=progress) as bar:
         curves = cett_curves(collect_mlp_activations(model, layers, sample, cfg.batch_tokens),
                              layers)
         dense = sparse_run(model, layers, tokens, None, cfg.batch_tokens, zero_counts=True)

@@ -60,7 +60,7 @@ from workbench.analysis.sparsity import (
     thresholds_for_target,
 )
 from workbench.errors import InvalidInputError
-from workbench.lab import Artifact, Lab
+from workbench.lab import Lab
 
 LAW_FORMS = ("relu", "silu")
 LAW_PARAMS = {"relu": ("c", "alpha", "b", "A0"), "silu": ("c", "alpha", "A0")}

@@ -111,9 +111,12 @@ def test_ppl_p_search_on_a_trained_lm(tiny_lab):
     assert summary["ppl_ratio"] == pytest.approx(1.01, abs=2.5e-4)
     assert 0.0 < summary["activation_ratio"] < 1.0
     trace = search[search.method == "cett"].sort_values("param")
-    # the bigger the CETT target, the higher the perplexity and the fewer neurons stay on
-    assert np.all(np.diff(trace.ppl_ratio.to_numpy()) >= -1e-4)
+    # the bigger the CETT target, the fewer neurons stay on and the higher the perplexity (up
+    # to noise below the search tolerance: cutting a few more neurons can lower the loss by
+    # ~1e-4 on 2k tokens)
     assert np.all(np.diff(trace.activation_ratio.to_numpy()) <= 1e-6)
+    assert np.all(np.diff(trace.ppl_ratio.to_numpy()) >= -cfg.ppl_tol / 100)
+    assert trace.ppl_ratio.iloc[-1] > 1.1 * trace.ppl_ratio.iloc[0]
     assert set(result["tables"]["layers"].layer) == {0, 1}
 
 

@@ -23,6 +23,7 @@ AREA_MODULES = (
     "probe_cmds",
     "sae_cmds",
     "langfir_cmds",
+    "analyze_cmds",
     "bench_cmds",
     "steer_cmds",
     "demo_cmds",

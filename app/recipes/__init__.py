@@ -36,6 +36,8 @@ RECIPES: dict[str, Recipe] = {
     for r in (
         Recipe("default", "multilingual corpus, tokenizer, LM, activations, probe, SAEs "
                "(what `workbench demo` builds)", "default"),
+        Recipe("sparsity-law", "ReLU and SiLU gated-MLP LMs with geometric checkpoints, a "
+               "width/depth sweep, and their fitted activation-sparsity laws", "sparsity_law"),
     )
 }
 

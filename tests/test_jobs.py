@@ -226,3 +226,13 @@ def test_corrupt_manifest_is_flagged_and_the_rest_listed(tmp_path):
                          env=ENV, check=False, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "good" in out.stdout
     assert "BROKEN bad" in out.stderr and "corrupt" in out.stderr
+
+
+def test_job_progress_points_are_kept_as_a_curve(tmp_path):
+    lab = Lab(tmp_path / "lab")
+    with lab.job("train", "c", total=3) as job:
+        for step in (1, 2, 3):
+            job.update(step, force=True, loss=1.0 / step)
+    points = lab.job_history(job.id)
+    assert [p["step"] for p in points] == [1, 2, 3]
+    assert [p["loss"] for p in points] == [1.0, 0.5, 1 / 3]

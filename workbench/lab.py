@@ -75,6 +75,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs(name);
+CREATE TABLE IF NOT EXISTS job_points (
+    job INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    time REAL NOT NULL,
+    metrics TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS job_points_job ON job_points(job);
 """
 # Columns added to `jobs` after the first release (older catalogs are migrated on open).
 _JOB_COLUMNS = {
@@ -464,6 +471,13 @@ class Lab:
             row = con.execute("SELECT * FROM jobs WHERE id=?", (int(job_id),)).fetchone()
         return None if row is None else _job_dict(row)
 
+    def job_history(self, job_id: int) -> list[dict[str, Any]]:
+        """The progress points job `job_id` recorded: [{"step", "time", **metrics}], in order."""
+        with self._connect() as con:
+            rows = con.execute("SELECT step, time, metrics FROM job_points WHERE job=?"
+                               " ORDER BY step, time", (int(job_id),)).fetchall()
+        return [{"step": r["step"], "time": r["time"], **json.loads(r["metrics"])} for r in rows]
+
     def jobs_of_parent(self, job_id: int) -> list[dict[str, Any]]:
         with self._connect() as con:
             rows = con.execute("SELECT * FROM jobs WHERE parent=? ORDER BY id", (int(job_id),))
@@ -533,6 +547,9 @@ class Job:
                 "UPDATE jobs SET step=?, total=?, metrics=?, updated=? WHERE id=?",
                 (int(step), int(self.total), _dumps(self.metrics), now, self.id),
             )
+            if metrics:  # the curve of the job's metrics (training curves on the dashboard)
+                con.execute("INSERT INTO job_points(job, step, time, metrics) VALUES (?,?,?,?)",
+                            (self.id, int(step), now, _dumps(self.metrics)))
 
     def cancel_requested(self) -> bool:
         """Whether `workbench lab cancel` asked this job (or its background parent) to stop."""

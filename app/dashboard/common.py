@@ -10,6 +10,7 @@ tables and per-query results are `st.cache_data` entries keyed the same way.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -77,12 +78,23 @@ def guarded(where: str = "") -> Iterator[None]:
         show_error(exc, where)
 
 
+RENDER_SECONDS: dict[str, float] = {}
+"""Seconds the last run of a page's main function took (read by `workbench bench dashboard`),
+keyed by the first line of its docstring ("The Lab page")."""
+
+
 def page(fn: Callable[[], None]) -> Callable[[], None]:
     """Decorate a page's main function so nothing it raises reaches the browser as a
-    traceback."""
+    traceback (and its render time is recorded in RENDER_SECONDS)."""
+    title = fn.__doc__.splitlines()[0].rstrip(".") if fn.__doc__ else fn.__name__
+
     def run() -> None:
-        with guarded(fn.__doc__.splitlines()[0].rstrip(".") if fn.__doc__ else fn.__name__):
-            fn()
+        start = time.perf_counter()
+        try:
+            with guarded(title):
+                fn()
+        finally:
+            RENDER_SECONDS[title] = time.perf_counter() - start
     return run
 
 

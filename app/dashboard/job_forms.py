@@ -14,6 +14,7 @@ from typing import Any
 from workbench.errors import InvalidInputError
 from workbench.lab import Lab, validate_name
 
+SAE_BATCH = 4096  # `workbench sae train`'s default batch: training needs at least one
 SAE_ARCHS = ("topk", "batchtopk", "topafa", "structured", "relu", "jumprelu")
 
 
@@ -133,7 +134,7 @@ def plan(kind: str, values: dict[str, Any], lab: Lab) -> JobPlan:
         if arch not in SAE_ARCHS:
             p.append(f"unknown architecture {arch!r}; one of {', '.join(SAE_ARCHS)}")
         latents = _positive(values, "latents", p, "latents", 2)
-        tokens = _positive(values, "tokens", p, "training tokens", 1000)
+        tokens = _positive(values, "tokens", p, "training tokens", SAE_BATCH)
         args = ["sae", "train", "--acts", acts, "--name", name, "--arch", arch,
                 "--latents", str(latents), "--tokens", str(tokens)]
         if arch in ("topk", "batchtopk"):
@@ -153,7 +154,7 @@ def plan(kind: str, values: dict[str, Any], lab: Lab) -> JobPlan:
         latents = _int_list(values.get("latents", ""), p, "latents")
         ks = _int_list(values.get("k", ""), p, "k") if set(archs) & {"topk", "batchtopk"} else []
         prefix = _new_name(lab, values.get("prefix", ""), p, overwrite=True)
-        tokens = _positive(values, "tokens", p, "training tokens", 1000)
+        tokens = _positive(values, "tokens", p, "training tokens", SAE_BATCH)
         names = _sweep_names(prefix, archs, latents, ks) if not p else []
         for n in names:
             if lab.exists(n):

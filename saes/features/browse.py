@@ -44,7 +44,8 @@ class FeatureTables:
         from saes.feature_stats import load_feature_stats
 
         features, contexts = load_feature_stats(lab, sae_name)
-        return cls(features.set_index("feature", drop=False), contexts,
+        by_id = features.set_axis(features["feature"].to_numpy(), axis=0)  # row by feature id
+        return cls(by_id, contexts,
                    {int(k): v for k, v in contexts.groupby("feature").indices.items()})
 
     def row(self, feature: int) -> pd.Series:

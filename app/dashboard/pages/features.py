@@ -324,6 +324,8 @@ def feature_section(s: Setting) -> None:
     if FEATURE_KEY not in st.session_state:
         start = params.get("feature", "0")
         st.session_state[FEATURE_KEY] = int(start) if str(start).isdigit() else 0
+    if not 0 <= int(st.session_state[FEATURE_KEY]) < s.d_sae:  # another SAE was chosen
+        st.session_state[FEATURE_KEY] = 0
     feature = st.number_input(f"Feature (0 – {s.d_sae - 1})", 0, s.d_sae - 1, key=FEATURE_KEY)
     feature = int(feature)
     st.query_params.update({"sae": s.name, "feature": str(feature)})

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app.dashboard import common
-from app.dashboard.job_forms import JOB_KINDS, SAE_ARCHS, plan
+from app.dashboard.job_forms import JOB_KINDS, SAE_ARCHS, SAE_BATCH, plan
 from app.dashboard.lineage import lineage_figure
 from workbench.jobs import ACTIVE, cancel, log_path
 
@@ -140,8 +140,9 @@ def job_form() -> None:
                 values["archs"] = st.multiselect("Architectures", SAE_ARCHS, ["topk"])
                 values["latents"] = st.text_input("Latents (comma list)", "1024,2048")
                 values["k"] = st.text_input("k (comma list, TopK / BatchTopK)", "16,32")
-            values["tokens"] = st.number_input("Training tokens", 1000, 1_000_000_000,
-                                               400_000, step=1000)
+            values["tokens"] = st.number_input("Training tokens", 1, 1_000_000_000,
+                                               400_000, step=4096,
+                                               help=f"at least one batch ({SAE_BATCH})")
         elif chosen.key in ("eval", "stats"):
             values["sae"] = st.selectbox("SAE", _names("sae"))
             values["tokens"] = st.number_input("Tokens", 256, 10_000_000,

@@ -66,6 +66,10 @@ def bench_page(name: str, repeats: int = 5) -> PageTiming:
         trips.append(time.perf_counter() - t)
         warm.append(common.RENDER_SECONDS.get(TITLES[name], trips[-1]))
     problems = [str(e.value)[:200] for e in at.exception] + [str(e.value)[:200] for e in at.error]
+    if name == "features" and not problems:
+        charts, codes = len(at.get("plotly_chart")), len(at.code)
+        if charts < 3 or codes < 2:  # histogram, logit effects, your text; two generations
+            problems.append(f"not every panel was drawn ({charts} charts, {codes} texts)")
     return PageTiming(name, cold, statistics.median(warm), statistics.median(trips),
                       GOALS[name], problems)
 

@@ -51,7 +51,7 @@ def _job_rows(jobs: list[dict]) -> pd.DataFrame:
         rows.append({"id": j["id"], "kind": j["kind"], "makes": ", ".join(j["names"]),
                      "status": j["status"],
                      "progress": f"{j['step']}/{j['total']}" if j["total"] else "",
-                     "parent": j.get("parent") or "", "started": _when(j["created"]),
+                     "parent": str(j["parent"]) if j.get("parent") else "", "started": _when(j["created"]),
                      "message": j["message"]})
     return pd.DataFrame(rows, columns=["id", "kind", "makes", "status", "progress", "parent",
                                        "started", "message"])

@@ -76,7 +76,20 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_name ON jobs(name);
+CREATE TABLE IF NOT EXISTS job_points (
+    job INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    time REAL NOT NULL,
+    metrics TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS job_points_job ON job_points(job);
 """
+# Columns added to `jobs` after the first release (older catalogs are migrated on open).
+_JOB_COLUMNS = {
+    "names": "TEXT NOT NULL DEFAULT '[]'",   # every artifact name the job holds
+    "parent": "INTEGER",                     # the background job that ran this one
+    "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
+}
 
 
 def validate_name(name: str) -> str:
@@ -153,6 +166,13 @@ class Lab:
             ) from exc
         with self._connect() as con:
             con.executescript(_SCHEMA)
+            have = {r["name"] for r in con.execute("PRAGMA table_info(jobs)")}
+            for column, decl in _JOB_COLUMNS.items():
+                if column not in have:
+                    try:
+                        con.execute(f"ALTER TABLE jobs ADD COLUMN {column} {decl}")
+                    except sqlite3.OperationalError:  # added by another process meanwhile
+                        pass
 
     # -- catalog plumbing -------------------------------------------------------------------
     @property
@@ -195,8 +215,14 @@ class Lab:
         return self.root / "artifacts" / validate_name(name)
 
     def work_dir(self, name: str) -> Path:
-        """Folder for checkpoints of the job that makes artifact `name` (kept until it succeeds)."""
-        path = self.root / "work" / validate_name(name)
+        """Folder for checkpoints of the job that makes artifact `name` (kept until it succeeds).
+
+        Claims the name for this process (see `workbench.jobs.claim`): a name another running
+        job holds is refused here, before its checkpoints can be touched."""
+        from workbench.jobs import claim
+
+        claim(self, validate_name(name))
+        path = self.root / "work" / name
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -318,14 +344,26 @@ class Lab:
             ).fetchall()
 
     def list(self, kind: str | None = None) -> list[Artifact]:
-        """All artifacts in the catalog (optionally of one kind), oldest first."""
-        out = []
+        """All readable artifacts in the catalog (optionally of one kind), oldest first.
+        Artifacts with a corrupt manifest are left out; `broken()` lists them."""
+        return self.scan(kind)[0]
+
+    def scan(self, kind: str | None = None) -> tuple[list[Artifact], list[dict[str, str]]]:
+        """(readable artifacts, broken ones) of the catalog: one corrupt manifest never hides
+        the rest. Each broken entry is {"name", "kind", "error"}, the error naming the fix."""
+        out, broken = [], []
         for row in self._rows(kind):
             try:
                 out.append(self.get(row["name"]))
             except NotFoundError:
                 continue  # folder removed by hand; `lab rescan` drops the row
-        return out
+            except WorkbenchError as exc:
+                broken.append({"name": row["name"], "kind": row["kind"], "error": str(exc)})
+        return out, broken
+
+    def broken(self) -> list[dict[str, str]]:
+        """Catalogued artifacts whose manifest cannot be read (see `scan`)."""
+        return self.scan()[1]
 
     def update_metrics(self, name: str, metrics: dict[str, Any]) -> None:
         """Merge `metrics` into the artifact's catalog row and its manifest (atomic rewrite)."""
@@ -337,7 +375,11 @@ class Lab:
             con.execute("UPDATE artifacts SET metrics=? WHERE name=?", (_dumps(merged), name))
 
     def remove(self, name: str) -> None:
+        """Remove artifact `name` and its work folder (refused while a job is making it)."""
+        from workbench.jobs import check_free
+
         path = self.artifact_path(name)
+        check_free(self, [name])
         if not path.exists():
             raise NotFoundError(self._not_found_message(name, None))
         trash = self.root / "tmp" / f"{name}.rm.{uuid.uuid4().hex[:8]}"
@@ -370,35 +412,106 @@ class Lab:
                 count += 1
         return count
 
-    # -- jobs -------------------------------------------------------------------------------
-    def start_job(self, kind: str, name: str, config: dict[str, Any] | None = None,
-                  total: int = 0) -> Job:
+    # -- jobs (the locking and background parts live in workbench.jobs) --------------------
+    def insert_job(self, kind: str, name: str, config: dict[str, Any] | None = None,
+                   total: int = 0, status: str = "running", names: list[str] | None = None,
+                   pid: int | None = -1, parent: int | None = None) -> int:
+        """Add a job row; returns its id (pid -1: this process)."""
         now = time.time()
         with self._write() as con:
             cur = con.execute(
-                "INSERT INTO jobs(kind, name, config, status, total, pid, created, updated)"
-                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
-                (kind, name, _dumps(config or {}), total, os.getpid(), now, now),
+                "INSERT INTO jobs(kind, name, config, status, total, pid, created, updated,"
+                " names, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, name, _dumps(config or {}), status, total,
+                 os.getpid() if pid == -1 else pid, now, now, _dumps(names or [name]), parent),
             )
-            job_id = int(cur.lastrowid)
+            return int(cur.lastrowid)
+
+    def start_job(self, kind: str, name: str, config: dict[str, Any] | None = None,
+                  total: int = 0, names: list[str] | None = None) -> Job:
+        """A job row for this process without name locks (`job(...)` is the safe way)."""
+        from workbench.jobs import current_parent
+
+        job_id = self.insert_job(kind, name, config, total, names=names,
+                                 parent=current_parent())
         return Job(self, job_id, total)
 
     @contextmanager
     def job(self, kind: str, name: str, config: dict[str, Any] | None = None,
-            total: int = 0) -> Iterator[Job]:
-        """Run a block as a catalogued job: 'done' on success, 'failed'/'interrupted' otherwise."""
-        job = self.start_job(kind, name, config, total)
-        try:
-            yield job
-        except KeyboardInterrupt:
-            job.finish("interrupted", "stopped by the user; run the same command to resume")
-            raise
-        except BaseException as exc:
-            job.finish("failed", f"{type(exc).__name__}: {exc}")
-            raise
-        job.finish("done")
+            total: int = 0, names: list[str] | tuple[str, ...] = ()) -> Iterator[Job]:
+        """Run a block as a catalogued job holding artifact `name` (and `names`).
+
+        A name held by another running job is refused at once (JobConflictError naming it);
+        a dead holder's lock is taken over. Ends 'done' on success, 'cancelled' when stopped by
+        `workbench lab cancel`, 'interrupted' on Ctrl+C, 'failed' otherwise; checkpoints in
+        `work_dir(name)` survive all but success.
+        """
+        from workbench.jobs import hold_names
+
+        held = [name, *[n for n in names if n != name]]
+        with hold_names(self, held) as hold:
+            job = self.start_job(kind, name, config, total, names=held)
+            hold.record(job.id)
+            try:
+                yield job
+            except KeyboardInterrupt:
+                if job.cancel_requested():
+                    job.finish("cancelled", "cancelled by the user; checkpoints kept: run the "
+                                            "same command to resume")
+                else:
+                    job.finish("interrupted", "stopped by the user; run the same command to "
+                                              "resume")
+                raise
+            except BaseException as exc:
+                job.finish("failed", f"{type(exc).__name__}: {exc}")
+                raise
+            job.finish("done")
+
+    def job_row(self, job_id: int) -> dict[str, Any] | None:
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM jobs WHERE id=?", (int(job_id),)).fetchone()
+        return None if row is None else _job_dict(row)
+
+    def job_history(self, job_id: int) -> list[dict[str, Any]]:
+        """The progress points job `job_id` recorded: [{"step", "time", **metrics}], in order."""
+        with self._connect() as con:
+            rows = con.execute("SELECT step, time, metrics FROM job_points WHERE job=?"
+                               " ORDER BY step, time", (int(job_id),)).fetchall()
+        return [{"step": r["step"], "time": r["time"], **json.loads(r["metrics"])} for r in rows]
+
+    def jobs_of_parent(self, job_id: int) -> list[dict[str, Any]]:
+        with self._connect() as con:
+            rows = con.execute("SELECT * FROM jobs WHERE parent=? ORDER BY id", (int(job_id),))
+            return [_job_dict(r) for r in rows.fetchall()]
+
+    def set_job_status(self, job_id: int, status: str, message: str = "",
+                       only_if_active: bool = False) -> None:
+        from workbench.jobs import ACTIVE
+
+        query = "UPDATE jobs SET status=?, message=?, updated=? WHERE id=?"
+        args: tuple = (status, message[:2000], time.time(), int(job_id))
+        if only_if_active:
+            query += f" AND status IN ({','.join('?' * len(ACTIVE))})"
+            args += ACTIVE
+        with self._write() as con:
+            con.execute(query, args)
+
+    def set_job_pid(self, job_id: int, pid: int) -> None:
+        with self._write() as con:
+            con.execute("UPDATE jobs SET pid=?, updated=? WHERE id=?",
+                        (int(pid), time.time(), int(job_id)))
+
+    def request_cancel(self, job_id: int) -> None:
+        """Flag job `job_id` and its child jobs for cancelling (status 'cancelling')."""
+        with self._write() as con:
+            con.execute("UPDATE jobs SET cancel_requested=1, status='cancelling', updated=?"
+                        " WHERE (id=? OR parent=?) AND status IN ('starting', 'running')",
+                        (time.time(), int(job_id), int(job_id)))
 
     def jobs(self, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Recent jobs, newest first; active jobs whose process is gone are marked 'lost'."""
+        from workbench.jobs import reconcile
+
         with self._connect() as con:
             if name is None:
                 rows = con.execute("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
@@ -406,7 +519,7 @@ class Lab:
                 rows = con.execute(
                     "SELECT * FROM jobs WHERE name=? ORDER BY id DESC LIMIT ?", (name, limit)
                 )
-            return [_job_dict(r) for r in rows.fetchall()]
+            return reconcile(self, [_job_dict(r) for r in rows.fetchall()])
 
 
 class Job:
@@ -435,6 +548,19 @@ class Job:
                 "UPDATE jobs SET step=?, total=?, metrics=?, updated=? WHERE id=?",
                 (int(step), int(self.total), _dumps(self.metrics), now, self.id),
             )
+            if metrics:  # the curve of the job's metrics (training curves on the dashboard)
+                con.execute("INSERT INTO job_points(job, step, time, metrics) VALUES (?,?,?,?)",
+                            (self.id, int(step), now, _dumps(self.metrics)))
+
+    def cancel_requested(self) -> bool:
+        """Whether `workbench lab cancel` asked this job (or its background parent) to stop."""
+        row = self.lab.job_row(self.id)
+        if row is None:
+            return False
+        if row.get("cancel_requested"):
+            return True
+        parent = self.lab.job_row(row["parent"]) if row.get("parent") else None
+        return bool(parent and parent.get("cancel_requested"))
 
     def finish(self, status: str = "done", message: str = "") -> None:
         with self.lab._write() as con:
@@ -458,6 +584,7 @@ def _job_dict(row: sqlite3.Row) -> dict[str, Any]:
     out = dict(row)
     out["config"] = json.loads(out["config"])
     out["metrics"] = json.loads(out["metrics"])
+    out["names"] = json.loads(out.get("names") or "[]") or [out["name"]]
     return out
 
 

@@ -66,7 +66,7 @@ def _add_optional(module: str) -> None:
     mod.register(bench_app)
 
 
-for _module in ("bench_kernels", "bench_quality_cmds"):
+for _module in ("bench_kernels", "bench_quality_cmds", "bench_dashboard_cmds"):
     _add_optional(_module)
 
 

@@ -17,12 +17,15 @@ def list_artifacts(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the lab's artifacts."""
-    arts = get_lab().list(kind)
+    arts, broken = get_lab().scan(kind)
     if as_json:
-        echo_json([a.to_dict() for a in arts])
+        echo_json([a.to_dict() for a in arts] + [{**b, "broken": True} for b in broken])
         return
+    for item in broken:
+        typer.echo(f"BROKEN {item['name']} ({item['kind']}): {item['error']}", err=True)
     if not arts:
-        typer.echo("the lab is empty; `workbench demo` builds the default lab")
+        if not broken:
+            typer.echo("the lab is empty; `workbench demo` builds the default lab")
         return
     rows = [
         {
@@ -90,16 +93,56 @@ def build(
 @lab_app.command("jobs")
 def jobs(
     name: str = typer.Option(None, help="Only jobs making this artifact."),
+    active: bool = typer.Option(False, "--active", help="Only running jobs."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List recent jobs with their status and progress."""
+    """List recent jobs with their status and progress (dead ones are marked lost)."""
+    from workbench.jobs import ACTIVE
+
     rows = get_lab().jobs(name)
+    if active:
+        rows = [r for r in rows if r["status"] in ACTIVE]
     if as_json:
         echo_json(rows)
         return
     for r in rows:
-        r["progress"] = f"{r['step']}/{r['total']}"
-    echo_table(rows, ["id", "kind", "name", "status", "progress", "message"])
+        r["progress"] = f"{r['step']}/{r['total']}" if r["total"] else ""
+        r["names"] = ",".join(r["names"])
+        r["parent"] = r.get("parent") or ""
+    echo_table(rows, ["id", "kind", "names", "status", "progress", "pid", "parent", "message"])
+
+
+@lab_app.command("cancel")
+def cancel(
+    job_id: int = typer.Argument(..., help="Job id (see `workbench lab jobs`)."),
+    timeout: float = typer.Option(20.0, help="Seconds to wait before stopping it harder."),
+) -> None:
+    """Stop a running job; its checkpoints stay, so the same command resumes it."""
+    from workbench.jobs import cancel as cancel_job
+
+    row = cancel_job(get_lab(), job_id, timeout=timeout)
+    typer.echo(f"job {job_id}: {row['status']} ({row['message']})")
+
+
+@lab_app.command(
+    "start", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def start(
+    ctx: typer.Context,
+    names: str = typer.Option(None, "--names",
+                              help="Comma-separated artifact names the command makes (refused "
+                                   "at once when one is being made). Default: its --name."),
+) -> None:
+    """Run a workbench command as a background job: `workbench lab start -- sae train ...`.
+
+    Prints the job id at once; follow it with `workbench lab jobs`, stop it with
+    `workbench lab cancel ID`; output goes to LAB/logs/job-ID.log.
+    """
+    from app.cli.background import start_command
+
+    args = list(ctx.args)
+    job_id = start_command(get_lab(), args, names.split(",") if names else None)
+    typer.echo(f"started job {job_id}: workbench {' '.join(args)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,35 @@
+"""Dashboard entry: `workbench app` serves this file (Streamlit multipage via st.navigation).
+
+The lab comes from $WORKBENCH_LAB (set by the CLI's --lab). Pages live in `pages/`; each page
+guards itself so errors show as messages, never as tracebacks.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `streamlit run app/dashboard/main.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+PAGES = Path(__file__).parent / "pages"
+
+# The pages, in navigation order. Areas add theirs here (MoE-X, steering, analyses) as
+# st.Page(PAGES / "<area>.py", title=..., icon=...).
+NAVIGATION = {
+    "Workbench": [
+        st.Page(PAGES / "lab.py", title="Lab", icon=":material/science:", default=True),
+        st.Page(PAGES / "model.py", title="Model", icon=":material/neurology:"),
+    ],
+    "Sparse autoencoders": [
+        st.Page(PAGES / "saes.py", title="SAEs", icon=":material/insights:"),
+        st.Page(PAGES / "features.py", title="Feature browser", icon=":material/search:"),
+    ],
+}
+
+st.set_page_config(page_title="Sparsity workbench", page_icon=":material/grain:",
+                   layout="wide")
+st.navigation(NAVIGATION).run()

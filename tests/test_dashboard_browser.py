@@ -1,0 +1,128 @@
+"""The dashboard in a real browser: `workbench app` on a free port of 127.0.0.1, driven with
+Debian's Chromium through playwright. Opens every page, searches a feature, runs
+test-your-text and a steering generation, checks the results appear, that the browser console
+shows no errors, and saves screenshots (1280 x 800) under a temporary folder
+($WORKBENCH_SCREENSHOTS to keep them)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from fixtures_dashboard import SAE, add_dashboard_saes
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the dashboard exited: {proc.stdout.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"dashboard did not answer at {url}")
+
+
+@pytest.fixture(scope="module")
+def served(tiny_lab):
+    lab = add_dashboard_saes(tiny_lab)
+    port = _free_port()
+    env = {**os.environ, "WORKBENCH_LAB": str(lab.root),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
+                                         if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "app", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/_stcore/health", proc)
+        yield lab, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_port_taken_gives_a_clear_message(served):
+    _, port = served
+    out = subprocess.run([sys.executable, "-m", "app.cli", "app", "--port", str(port)],
+                         check=False, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in out.stderr
+
+
+def test_dashboard_pages_in_chromium(served, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    assert CHROMIUM.exists(), "chromium is installed by scripts/setup.sh (apt-get install chromium)"
+    lab, port = served
+    base = f"http://127.0.0.1:{port}"
+    shots = Path(os.environ.get("WORKBENCH_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    t0 = time.time()
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+
+        def visit(path: str, text: str, shot: str) -> None:
+            page.goto(base + path)
+            page.get_by_text(text).first.wait_for(timeout=90_000)
+            page.wait_for_timeout(800)  # let charts draw
+            assert not page.get_by_text("Traceback").count()
+            page.screenshot(path=str(shots / f"{shot}.png"))
+
+        visit("/", "Sparsity workbench", "lab")
+        page.get_by_role("tab", name="Lineage").click()
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(shots / "lab-lineage.png"))
+        visit("/model", "Next-token predictions", "model")
+        visit("/saes", "NMSE vs L0", "saes")
+        visit(f"/features?sae={SAE}&feature=3", "Test your own text", "features")
+
+        # search a feature by the token it fires on
+        from saes.feature_stats import load_feature_stats
+
+        _, contexts = load_feature_stats(lab, SAE)
+        top = contexts[(contexts.kind == "top") & (contexts["rank"] == 0)].iloc[0]
+        box = page.get_by_label("Token").first
+        box.fill(str(top.tokens[top.centre]))
+        box.press("Enter")
+        page.get_by_text("Open feature").first.wait_for(timeout=60_000)
+
+        # test your own text
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.get_by_text("on your text").first.wait_for(timeout=60_000)
+        # steering
+        page.get_by_role("button", name="Generate").click()
+        page.get_by_text("Unsteered").first.wait_for(timeout=60_000)
+        page.get_by_text("Steered (feature").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(shots / "features-full.png"), full_page=True)
+        browser.close()
+    elapsed = time.time() - t0
+    assert not errors, errors
+    assert elapsed < 180, f"the browser walk took {elapsed:.0f} s"

@@ -1,0 +1,220 @@
+"""Board-state interpretability of hidden units and SAE features (Karvonen et al. 2024).
+
+    feats = collect_board_features(model, lab, "chess", "test", hooks=[hook])
+    result = board_state_metrics(fit_x, fit_boards, test_x, test_boards)
+
+Features are read at the "." positions of chess games (before each white move), where the board
+is known exactly (`workbench.data.chess`). A board-state *cell* is (square, piece class) for the
+12 non-empty classes (64 * 12 = 768 cells); cells that never occur in the data are left out.
+
+For a threshold t in THRESHOLDS, feature f is "on" at a position when its activation exceeds
+t * max_f (max_f = its largest activation on the fit positions; features that never exceed 0 are
+never on). With TP[f, c] = positions where f is on and c holds, fires[f], positives[c]:
+
+- coverage(t) = mean over cells c of max_f F1[f, c],  F1 = 2 TP / (fires + positives), on the
+  test positions; coverage = max_t coverage(t).
+- reconstruction(t): on the fit positions, f becomes a classifier for c when
+  TP / fires >= 0.95 and fires >= 10; on the test positions the predicted board is the union of
+  the cells of the active classifiers, scored by the F1 over all (position, cell) pairs
+  (micro-averaged); reconstruction = max_t reconstruction(t).
+
+`board_probe_accuracy` trains a supervised probe per square (workbench.probes, 13 classes) as the
+upper bound; `router_score_l0` measures how well the MoE-X routing score predicts each expert's
+true firing fraction. This module uses SAEs (`sae_features`), so it lives in `saes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformer_lens import HookedTransformer
+
+from workbench.data.chess import N_SQUARES, PIECE_CLASSES, load_board_states, load_games
+from workbench.errors import InvalidInputError
+from workbench.lab import Lab
+
+THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(11))
+N_CLASSES = len(PIECE_CLASSES)  # 13 incl. empty
+PRECISION_MIN = 0.95
+MIN_FIRES = 10
+_CHUNK = 4096
+
+
+@dataclass
+class BoardFeatures:
+    """Activations at the "." positions of games: per hook [n, width], boards [n, 64] int64."""
+
+    acts: dict[str, torch.Tensor]
+    boards: torch.Tensor
+    doc_ids: torch.Tensor
+
+
+@torch.no_grad()
+def collect_board_features(model: HookedTransformer, lab: Lab, dataset: str, split: str,
+                           hooks: list[str], max_games: int | None = None,
+                           batch_size: int = 16) -> BoardFeatures:
+    """Run the games of `split` through `model` and keep `hooks` at the "." positions that fit
+    in the model's context."""
+    from workbench.data.chess import encode_games
+    from workbench.models.hooks import hook_layer, validate_hook
+
+    for hook in hooks:
+        validate_hook(model, hook)
+    games = load_games(lab, dataset, split)
+    if max_games is not None:
+        games = games.iloc[:max_games]
+    states = load_board_states(lab, dataset, split)
+    n_ctx = model.cfg.n_ctx
+    rows = encode_games(model.tokenizer, games.text.tolist(), n_ctx)
+    row_of = {int(d): i for i, d in enumerate(games.doc_id)}
+    keep = torch.tensor([int(d) in row_of for d in states.doc_ids]) & (states.char_pos + 1 < n_ctx)
+    doc_ids, positions = states.doc_ids[keep], states.char_pos[keep].long() + 1
+    boards = states.boards[keep].long()
+    game_row = torch.tensor([row_of[int(d)] for d in doc_ids], dtype=torch.long)
+    layers = [hook_layer(h) for h in hooks]
+    stop = None if any(ly is None for ly in layers) else max(layers) + 1
+    device = next(model.parameters()).device
+    out: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    model.eval()
+    for start in range(0, len(rows), batch_size):
+        batch_rows = torch.arange(start, min(start + batch_size, len(rows)))
+        _, cache = model.run_with_cache(rows[batch_rows].to(device), names_filter=hooks,
+                                        stop_at_layer=stop)
+        sel = (game_row >= start) & (game_row < start + len(batch_rows))
+        r, p = game_row[sel] - start, positions[sel]
+        for hook in hooks:
+            out[hook].append(cache[hook][r.to(device), p.to(device)].float().cpu())
+    return BoardFeatures({h: torch.cat(v) for h, v in out.items()}, boards, doc_ids)
+
+
+def cell_labels(boards: torch.Tensor) -> torch.Tensor:
+    """[n, 64] piece classes -> [n, 768] bool: (square, class 1..12) one-hot, square-major."""
+    onehot = torch.nn.functional.one_hot(boards.long(), N_CLASSES)[..., 1:]  # [n, 64, 12]
+    return onehot.reshape(len(boards), -1).bool()
+
+
+def _binarize(x: torch.Tensor, max_act: torch.Tensor, t: float) -> torch.Tensor:
+    on = x > (t * max_act)
+    return on & (max_act > 0)
+
+
+def _counts(x: torch.Tensor, max_act: torch.Tensor, t: float, Y: torch.Tensor):
+    """TP [F, C] and fires [F] of the binarized features against cell labels Y [n, C]."""
+    tp = torch.zeros(x.shape[1], Y.shape[1])
+    fires = torch.zeros(x.shape[1])
+    for s in range(0, len(x), _CHUNK):
+        on = _binarize(x[s:s + _CHUNK], max_act, t).float()
+        tp += on.T @ Y[s:s + _CHUNK].float()
+        fires += on.sum(0)
+    return tp, fires
+
+
+@dataclass
+class BoardStateResult:
+    """Coverage and reconstruction per threshold and at the best threshold."""
+
+    coverage: float
+    reconstruction: float
+    coverage_by_t: list[float] = field(default_factory=list)
+    reconstruction_by_t: list[float] = field(default_factory=list)
+    best_t_coverage: float = 0.0
+    best_t_reconstruction: float = 0.0
+    n_features: int = 0
+    n_cells: int = 0
+    alive_features: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def board_state_metrics(fit_x: torch.Tensor, fit_boards: torch.Tensor, test_x: torch.Tensor,
+                        test_boards: torch.Tensor,
+                        thresholds: tuple[float, ...] = THRESHOLDS) -> BoardStateResult:
+    """Coverage and reconstruction (module docstring) of features fit_x [n_fit, F] /
+    test_x [n_test, F] against boards [n, 64]."""
+    if fit_x.shape[1] != test_x.shape[1] or len(fit_x) != len(fit_boards) \
+            or len(test_x) != len(test_boards):
+        raise InvalidInputError("features and boards must have matching rows and widths")
+    if len(fit_x) == 0 or len(test_x) == 0:
+        raise InvalidInputError("no board positions to evaluate; use more games")
+    fit_x, test_x = fit_x.float(), test_x.float()
+    Y_fit, Y_test = cell_labels(fit_boards), cell_labels(test_boards)
+    cells = Y_test.any(0) & Y_fit.any(0)  # cells that occur
+    Y_fit, Y_test = Y_fit[:, cells], Y_test[:, cells]
+    positives = Y_test.float().sum(0)  # [C]
+    max_act = fit_x.max(0).values
+    cov, rec = [], []
+    for t in thresholds:
+        tp, fires = _counts(test_x, max_act, t, Y_test)
+        f1 = 2 * tp / (fires[:, None] + positives[None, :]).clamp_min(1)
+        cov.append(float(f1.max(0).values.mean()))
+        tp_fit, fires_fit = _counts(fit_x, max_act, t, Y_fit)
+        precision = tp_fit / fires_fit[:, None].clamp_min(1)
+        classifier = ((precision >= PRECISION_MIN) & (fires_fit[:, None] >= MIN_FIRES)).float()
+        hit = pred_total = 0.0
+        for s in range(0, len(test_x), _CHUNK):
+            on = _binarize(test_x[s:s + _CHUNK], max_act, t).float()
+            pred = (on @ classifier) > 0
+            hit += float((pred & Y_test[s:s + _CHUNK]).sum())
+            pred_total += float(pred.sum())
+        rec.append(2 * hit / (pred_total + float(positives.sum())))
+    i_cov, i_rec = int(np.argmax(cov)), int(np.argmax(rec))
+    return BoardStateResult(cov[i_cov], rec[i_rec], cov, rec, thresholds[i_cov],
+                            thresholds[i_rec], fit_x.shape[1], int(cells.sum()),
+                            int((max_act > 0).sum()))
+
+
+def board_probe_accuracy(fit_x: torch.Tensor, fit_boards: torch.Tensor, test_x: torch.Tensor,
+                         test_boards: torch.Tensor, squares: list[int] | None = None,
+                         seed: int = 0) -> dict[str, float]:
+    """Supervised upper bound: a logistic probe per square (13 classes) on fit_x, accuracy on
+    test_x. Returns mean accuracy and mean macro-F1 over the probed squares."""
+    from workbench.probes import train_probe
+
+    squares = list(range(N_SQUARES)) if squares is None else squares
+    accs, f1s = [], []
+    for sq in squares:
+        probe = train_probe(fit_x, fit_boards[:, sq].tolist(), kind="logistic", val_fraction=0,
+                            seed=seed)
+        m = probe.evaluate(test_x, test_boards[:, sq].tolist())
+        accs.append(m["accuracy"])
+        f1s.append(m["macro_f1"])
+    return {"probe_accuracy": float(np.mean(accs)), "probe_macro_f1": float(np.nanmean(f1s)),
+            "probe_squares": len(squares)}
+
+
+@torch.no_grad()
+def router_score_l0(model: HookedTransformer, tokens: torch.Tensor) -> dict[str, float]:
+    """Pearson r between MoE-X routing scores and each expert's true firing fraction (L0 / D)
+    on `tokens` [batch, pos], over all (token, expert) pairs of every MoE layer; plus expert
+    load (share of assignments) and dead experts."""
+    from workbench.models.moex import moe_layers, sparsity_scores
+
+    layers = moe_layers(model)
+    if not layers:
+        return {}
+    names = [f"blocks.{i}.ln2.hook_normalized" for i, b in enumerate(model.blocks)]
+    names += [f"blocks.{i}.mlp.hook_experts" for i in range(len(model.blocks))]
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    rs, loads, dead = [], [], 0
+    for i, layer in enumerate(layers):
+        x = cache[f"blocks.{i}.ln2.hook_normalized"].reshape(-1, model.cfg.d_model)
+        score = sparsity_scores(x, layer.W_in, layer.b_in)
+        fired = layer.expert_firing(x)
+        rs.append(float(torch.corrcoef(torch.stack([score.flatten(), fired.flatten()]))[0, 1]))
+        counts = torch.bincount(cache[f"blocks.{i}.mlp.hook_experts"].flatten(),
+                                minlength=layer.spec.n_experts).float()
+        loads.append((counts / counts.sum()).tolist())
+        dead += int((counts == 0).sum())
+    return {"router_l0_r": float(np.mean(rs)), "router_l0_r_per_layer": rs,
+            "expert_load": loads, "dead_experts": dead}
+
+
+def sae_features(sae, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    """SAE feature activations [n, d_sae] of x [n, d_in] (sae-lens `encode`)."""
+    device = next(sae.parameters()).device
+    with torch.no_grad():
+        return torch.cat([sae.encode(x[s:s + batch].to(device)).float().cpu()
+                          for s in range(0, len(x), batch)])

@@ -61,7 +61,7 @@ def test_probe_reads_a_linear_board_code():
     fit, test = _boards(500, 0), _boards(300, 1)
     acc = board_probe_accuracy(cell_labels(fit).float(), fit, cell_labels(test).float(), test,
                                squares=[0, 17])
-    assert acc["probe_accuracy"] > 0.9
+    assert acc["probe_accuracy"] > 0.8  # chance 1/13
 
 
 def test_mismatched_inputs():

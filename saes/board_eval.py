@@ -176,6 +176,10 @@ def board_probe_accuracy(fit_x: torch.Tensor, fit_boards: torch.Tensor, test_x: 
     squares = list(range(N_SQUARES)) if squares is None else squares
     accs, f1s = [], []
     for sq in squares:
+        classes = fit_boards[:, sq].unique()
+        if len(classes) == 1:  # one class seen (e.g. an untouched corner): predict it
+            accs.append(float((test_boards[:, sq] == classes[0]).float().mean()))
+            continue
         probe = train_probe(fit_x, fit_boards[:, sq].tolist(), kind="logistic", val_fraction=0,
                             seed=seed)
         m = probe.evaluate(test_x, test_boards[:, sq].tolist())
@@ -218,3 +222,106 @@ def sae_features(sae, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([sae.encode(x[s:s + batch].to(device)).float().cpu()
                           for s in range(0, len(x), batch)])
+
+
+# -- the chess lab table ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class TableRow:
+    """One row of the table: the hidden units of `model` at the eval layer's MLP, or the
+    features of the SAE `sae` (trained on that model's MLP hidden)."""
+
+    label: str
+    model: str
+    sae: str | None = None
+    group: str = "main"  # "main" (the paper's Table 1) or "ablation"
+
+
+def mlp_hidden_hook(layer: int) -> str:
+    """The MLP hidden units of a block: a dense MLP's neurons or MoE-X's wide hidden vector."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def evaluate_chess_table(lab: Lab, dataset: str, rows: list[TableRow], layer: int,
+                         name: str | None = None, max_games: int | None = None,
+                         probe_squares: list[int] | None = None, overwrite: bool = False,
+                         echo=print) -> list[dict]:
+    """Coverage, reconstruction, probe accuracy, val loss (and router statistics for MoE
+    models) for every row; fit on the validation games, scored on the test games. Stores the
+    table as an `analysis` artifact `name` (table.json + table.parquet) when a name is given."""
+    import pandas as pd
+
+    from saes import load_sae
+    from workbench.data.chess import encode_games
+    from workbench.lab import write_json
+    from workbench.models.loading import load_model
+
+    if not rows:
+        raise InvalidInputError("no models to evaluate; name at least one")
+    hidden, resid = mlp_hidden_hook(layer), f"blocks.{layer}.hook_resid_post"
+    cache: dict[str, tuple] = {}
+    out = []
+    for row in rows:
+        if row.model not in cache:
+            model = load_model(row.model, lab=lab)
+            if not 0 <= layer < model.cfg.n_layers:
+                raise InvalidInputError(f"layer {layer} is outside model {row.model!r} "
+                                        f"({model.cfg.n_layers} layers)")
+            fit = collect_board_features(model, lab, dataset, "validation", [hidden, resid],
+                                         max_games)
+            test = collect_board_features(model, lab, dataset, "test", [hidden, resid], max_games)
+            probe = board_probe_accuracy(fit.acts[resid], fit.boards, test.acts[resid],
+                                         test.boards, probe_squares)
+            games = load_games(lab, dataset, "test").text.tolist()[:64]
+            router = router_score_l0(model, encode_games(model.tokenizer, games, model.cfg.n_ctx))
+            cache[row.model] = (fit, test, probe, router, model)
+        fit, test, probe, router, model = cache[row.model]
+        fit_x, test_x = fit.acts[hidden], test.acts[hidden]
+        if row.sae is not None:
+            sae = load_sae(row.sae, lab=lab)
+            fit_x, test_x = sae_features(sae, fit_x), sae_features(sae, test_x)
+        result = board_state_metrics(fit_x, fit.boards, test_x, test.boards)
+        art = lab.get(row.model, kind="model")
+        record = {"variant": row.label, "group": row.group, "model": row.model, "sae": row.sae,
+                  "val_loss": art.metrics.get("val_loss"), "coverage": result.coverage,
+                  "reconstruction": result.reconstruction, "features": result.n_features,
+                  "alive_features": result.alive_features,
+                  "best_t_coverage": result.best_t_coverage,
+                  "best_t_reconstruction": result.best_t_reconstruction,
+                  "coverage_by_t": result.coverage_by_t,
+                  "reconstruction_by_t": result.reconstruction_by_t,
+                  "tokens_per_s": art.metrics.get("tokens_per_s"), **probe,
+                  **{k: v for k, v in router.items() if k in ("router_l0_r", "dead_experts")}}
+        out.append(record)
+        echo(f"{row.label:<22} val_loss {record['val_loss']:.4f}  coverage {result.coverage:.3f}"
+             f"  reconstruction {result.reconstruction:.3f}  probe {probe['probe_accuracy']:.3f}")
+    if name is not None:
+        flat = [{k: v for k, v in r.items() if not isinstance(v, list)} for r in out]
+        with lab.new_artifact("analysis", name, parents=sorted({r.model for r in rows}),
+                              config={"dataset": dataset, "layer": layer, "hook": hidden,
+                                      "rows": [r.__dict__ for r in rows],
+                                      "thresholds": list(THRESHOLDS)},
+                              overwrite=overwrite) as writer:
+            write_json(writer.path / "table.json", out)
+            pd.DataFrame(flat).to_parquet(writer.path / "table.parquet", index=False)
+            writer.manifest["analysis"] = "moex_board_state"
+            writer.metrics.update({f"{r['variant']}_{m}": r[m] for r in out
+                                   for m in ("coverage", "reconstruction", "val_loss")})
+    return out
+
+
+def format_table(records: list[dict]) -> str:
+    """The table in the shape of the paper's Table 1, then the ablation rows."""
+    lines = [f"{'variant':<22} {'val loss':>9} {'coverage':>9} {'reconstr.':>9} {'probe':>7} "
+             f"{'features':>8} {'router r':>8}"]
+    for group in ("main", "ablation"):
+        chosen = [r for r in records if r["group"] == group]
+        if not chosen:
+            continue
+        lines.append(f"-- {group}")
+        for r in chosen:
+            rr = r.get("router_l0_r")
+            lines.append(
+                f"{r['variant']:<22} {r['val_loss']:>9.4f} {r['coverage']:>9.3f} "
+                f"{r['reconstruction']:>9.3f} {r['probe_accuracy']:>7.3f} {r['features']:>8d} "
+                f"{'' if rr is None else f'{rr:.3f}':>8}")
+    return "\n".join(lines)

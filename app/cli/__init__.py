@@ -22,6 +22,7 @@ AREA_MODULES = (
     "acts_cmds",
     "probe_cmds",
     "sae_cmds",
+    "moex_cmds",
     "bench_cmds",
     "demo_cmds",
 )

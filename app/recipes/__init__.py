@@ -36,6 +36,8 @@ RECIPES: dict[str, Recipe] = {
     for r in (
         Recipe("default", "multilingual corpus, tokenizer, LM, activations, probe, SAEs "
                "(what `workbench demo` builds)", "default"),
+        Recipe("chess", "chess games, dense / Switch / MoE-X models, SAE, board-state table "
+               "(MoE-X interpretability)", "chess"),
     )
 }
 

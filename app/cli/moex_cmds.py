@@ -121,5 +121,61 @@ def show_cmd(name: str = typer.Argument("chess-table", help="A stored table arti
     typer.echo(format_table(read_json(art.path / "table.json", f"table {name!r}")))
 
 
+@moex_app.command("bench")
+def bench_cmd(
+    experts: int = typer.Option(8, help="Experts M."),
+    k: int = typer.Option(2, help="Experts per token."),
+    d_expert: int = typer.Option(256, help="Units per expert (dense width k * D)."),
+    layers: int = typer.Option(2, help="Layers."),
+    d_model: int = typer.Option(128, help="Residual width."),
+    n_ctx: int = typer.Option(256, help="Sequence length."),
+    batch_size: int = typer.Option(16, help="Sequences per step."),
+    steps: int = typer.Option(10, help="Timed training steps (after 2 warm-up steps)."),
+    precision: str = typer.Option("fp32", help="fp32 | bf16."),
+) -> None:
+    """Training tokens/s (forward + backward + AdamW) of dense GELU/ReLU and each MoE variant
+    at equal active parameters, on random tokens."""
+    import time
+
+    import torch
+    from transformer_lens import HookedTransformerConfig
+
+    from workbench.models.architectures import quiet_hooked_transformer
+    from workbench.models.losses import next_token_loss
+    from workbench.models.moex import VARIANTS, MoESpec, build_moex, load_balance_loss
+
+    cfg = HookedTransformerConfig(n_layers=layers, d_model=d_model, n_heads=max(1, d_model // 32),
+                                  d_head=32, d_mlp=k * d_expert, d_vocab=35, n_ctx=n_ctx,
+                                  act_fn="gelu", seed=0)
+    tokens = torch.randint(0, 35, (batch_size, n_ctx), generator=torch.Generator().manual_seed(0))
+    rows = []
+    builds = {"dense_gelu": lambda: quiet_hooked_transformer(cfg),
+              "dense_relu": lambda: quiet_hooked_transformer(
+                  HookedTransformerConfig(**{**cfg.to_dict(), "act_fn": "relu"}))}
+    for variant in VARIANTS:
+        spec = MoESpec.for_variant(variant, n_experts=experts, k=k, d_expert=d_expert)
+        builds[variant] = lambda spec=spec: build_moex(cfg, spec.to_options())
+    for variant, make in builds.items():
+        model = make().train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        for i in range(steps + 2):
+            if i == 2:
+                t0 = time.perf_counter()
+            loss = next_token_loss(model, tokens, precision)
+            aux = load_balance_loss(model)
+            (loss if aux is None else loss + aux).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - t0
+        rows.append({"variant": variant, "tokens_per_s": round(steps * tokens.numel() / seconds),
+                     "params": sum(p.numel() for p in model.parameters())})
+    base = rows[0]["tokens_per_s"]
+    typer.echo(f"threads {torch.get_num_threads()}, batch {batch_size} x {n_ctx}, {precision}; "
+               f"active MLP width {k * d_expert} everywhere")
+    for r in rows:
+        typer.echo(f"{r['variant']:<11} {r['tokens_per_s']:>8} tokens/s  "
+                   f"({r['tokens_per_s'] / base:.2f}x dense GELU)  {r['params']:>9} params")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(moex_app, name="moex")

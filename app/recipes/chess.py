@@ -57,8 +57,8 @@ class ChessRecipe:
 
 QUICK = ChessRecipe(n_games=60, max_chars=300, n_layers=1, d_model=32, n_heads=2, n_ctx=96,
                     n_experts=4, k=2, d_expert=32, steps=6, batch_size=4, sae_latents=128,
-                    sae_k=8, sae_tokens=8192, sae_acts_games=20, eval_layer=0, eval_games=20,
-                    probe_squares=(0, 12, 60), workers=1)
+                    sae_k=8, sae_tokens=8192, sae_acts_games=20, eval_layer=0, eval_games=12,
+                    probe_squares=(12,), workers=1)
 MOE_VARIANTS = ("switch", "moex", "moe_relu", "moex_gelu")
 
 

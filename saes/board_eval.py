@@ -311,8 +311,9 @@ def evaluate_chess_table(lab: Lab, dataset: str, rows: list[TableRow], layer: in
 
 def format_table(records: list[dict]) -> str:
     """The table in the shape of the paper's Table 1, then the ablation rows."""
-    lines = [f"{'variant':<22} {'val loss':>9} {'coverage':>9} {'reconstr.':>9} {'probe':>7} "
-             f"{'features':>8} {'router r':>8}"]
+    header = (f"{'variant':<22} {'val loss':>9} {'coverage':>9} {'reconstr.':>9} {'probe':>7} "
+              f"{'features':>8} {'r(s,L0)':>8}")
+    lines = [header]
     for group in ("main", "ablation"):
         chosen = [r for r in records if r["group"] == group]
         if not chosen:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import chess
 import pytest
 import torch
-
 from moex_fixtures import build_chess_lab
+
 from workbench.data.chess import (
     CHESS_SYMBOLS,
     PIECE_CLASSES,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from moex_fixtures import build_chess_lab, small_cfg, train_cfg
+
 from workbench.lab import Lab
 from workbench.models.loading import load_model
 from workbench.models.moex import MoESpec

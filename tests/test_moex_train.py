@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from moex_fixtures import build_chess_lab, small_cfg, train_cfg
+
 from workbench.errors import InvalidInputError
 from workbench.models.architectures import quiet_hooked_transformer
 from workbench.models.loading import load_model

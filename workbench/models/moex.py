@@ -320,8 +320,7 @@ def upcycle_dense(dense: HookedTransformer, spec: MoESpec, noise: float = 0.0,
         raise InvalidInputError(f"upcycle noise must be >= 0, got {noise}")
     moe = build_moex(cfg, spec.to_options())
     state = {k: v for k, v in dense.state_dict().items() if ".mlp." not in k}
-    missing, unexpected = moe.load_state_dict(state, strict=False)
-    assert not unexpected, unexpected
+    moe.load_state_dict(state, strict=False)  # everything but the MLPs
     gen = torch.Generator().manual_seed(seed)
     for block_dense, layer in zip(dense.blocks, moe_layers(moe)):
         mlp = block_dense.mlp
@@ -333,7 +332,8 @@ def upcycle_dense(dense: HookedTransformer, spec: MoESpec, noise: float = 0.0,
                                                                          generator=gen)
             dst.copy_(copies)
         layer.b_out.copy_(mlp.b_out)
-    moe.set_tokenizer(dense.tokenizer) if dense.tokenizer is not None else None
+    if dense.tokenizer is not None:
+        moe.set_tokenizer(dense.tokenizer)
     return moe
 
 

@@ -76,9 +76,12 @@ def train_cmd(
 
             kwargs["initialize"] = init
         kwargs.update(architecture="moex", architecture_options=options)
+    import os
+
     art = train_lm(lab, name, corpus, tokenizer, cfg, train_cfg, restart=restart, **kwargs)
-    typer.echo(f"model {art.name}: val loss {art.metrics['val_loss']:.4f}, "
-               f"{art.metrics['tokens_per_s']:.0f} tokens/s, {art.metrics['n_params']} params")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        typer.echo(f"model {art.name}: val loss {art.metrics['val_loss']:.4f}, "
+                   f"{art.metrics['tokens_per_s']:.0f} tokens/s, {art.metrics['n_params']} params")
 
 
 @moex_app.command("eval")

@@ -24,6 +24,7 @@ AREA_MODULES = (
     "sae_cmds",
     "langfir_cmds",
     "analyze_cmds",
+    "moex_cmds",
     "bench_cmds",
     "steer_cmds",
     "demo_cmds",

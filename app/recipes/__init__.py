@@ -38,6 +38,8 @@ RECIPES: dict[str, Recipe] = {
                "(what `workbench demo` builds)", "default"),
         Recipe("sparsity-law", "ReLU and SiLU gated-MLP LMs with geometric checkpoints, a "
                "width/depth sweep, and their fitted activation-sparsity laws", "sparsity_law"),
+        Recipe("chess", "chess games, dense / Switch / MoE-X models, SAE, board-state table "
+               "(MoE-X interpretability)", "chess"),
     )
 }
 

@@ -33,21 +33,33 @@ def autocast_context(precision: str, device: torch.device):
 
 
 def next_token_loss(model: HookedTransformer, tokens: torch.Tensor,
-                    precision: str = "fp32") -> torch.Tensor:
-    """Mean cross-entropy (nats) of predicting tokens[:, 1:] from their prefixes.
+                    precision: str = "fp32", ignore_index: int | None = None,
+                    reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy (nats) of predicting tokens[:, 1:] from their prefixes.
 
-    tokens: [batch, pos] int64 (position 0 is BOS and is never a target). Returns a scalar.
+    tokens: [batch, pos] int64 (position 0 is BOS and is never a target). Targets equal to
+    `ignore_index` (padding) are skipped. reduction "mean" (over the counted targets) or "sum".
+    Returns a scalar.
     """
     with autocast_context(precision, tokens.device):
         logits = model(tokens, return_type="logits")  # [batch, pos, d_vocab]
     logits = logits[:, :-1].float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
+                           ignore_index=-100 if ignore_index is None else ignore_index,
+                           reduction=reduction)
+
+
+def count_targets(tokens: torch.Tensor, ignore_index: int | None = None) -> int:
+    """Number of targets of `tokens` [batch, pos] that next_token_loss counts."""
+    targets = tokens[:, 1:]
+    return targets.numel() if ignore_index is None else int((targets != ignore_index).sum())
 
 
 @torch.no_grad()
 def evaluate_loss(model: HookedTransformer, sequences: torch.Tensor, batch_size: int = 64,
-                  precision: str = "fp32") -> float:
-    """Mean next-token loss over all targets of `sequences` [n_seq, pos] (equal-size rows)."""
+                  precision: str = "fp32", ignore_index: int | None = None) -> float:
+    """Mean next-token loss over all targets of `sequences` [n_seq, pos] (equal-size rows),
+    skipping targets equal to `ignore_index` (padding)."""
     if len(sequences) == 0:
         return math.nan
     was_training = model.training
@@ -56,8 +68,10 @@ def evaluate_loss(model: HookedTransformer, sequences: torch.Tensor, batch_size:
     total, count = 0.0, 0
     for start in range(0, len(sequences), batch_size):
         batch = sequences[start:start + batch_size].to(device)
-        n_targets = batch[:, 1:].numel()
-        total += float(next_token_loss(model, batch, precision)) * n_targets
+        n_targets = count_targets(batch, ignore_index)
+        if n_targets == 0:
+            continue
+        total += float(next_token_loss(model, batch, precision, ignore_index, "sum"))
         count += n_targets
     model.train(was_training)
-    return total / count
+    return total / count if count else math.nan

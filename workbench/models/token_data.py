@@ -157,3 +157,46 @@ class SequenceSampler:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+# -- one document per row (packing="document") ---------------------------------------------
+def pack_documents(stream: torch.Tensor, n_ctx: int, bos_id: int, eos_id: int,
+                   pad_id: int) -> torch.Tensor:
+    """One row per document of a `BOS doc EOS ...` stream: [n_docs, n_ctx] int64.
+
+    Each row is BOS + the document (truncated to n_ctx - 1 tokens, EOS kept when it fits),
+    right-padded with `pad_id` (a loss that ignores pad_id then sees only real targets). Used
+    where a sequence must start at its document's beginning (chess games: the board state is a
+    function of the moves since the game's first move).
+    """
+    ids = stream.long()
+    starts = (ids == bos_id).nonzero().flatten().tolist()
+    ends = starts[1:] + [ids.numel()]
+    rows = torch.full((len(starts), n_ctx), pad_id, dtype=torch.long)
+    for row, (start, end) in enumerate(zip(starts, ends)):
+        doc = ids[start:end][:n_ctx]
+        rows[row, :len(doc)] = doc
+    if eos_id == pad_id:
+        raise InvalidInputError("document packing needs a PAD token distinct from EOS")
+    return rows
+
+
+class DocumentSampler(SequenceSampler):
+    """SequenceSampler over fixed rows (one document each), in a seeded order per epoch."""
+
+    def __init__(self, rows: torch.Tensor, batch_size: int, seed: int):
+        self.rows = rows
+        if len(rows) < batch_size:
+            raise InvalidInputError(
+                f"the training split holds {len(rows)} documents, fewer than one batch of "
+                f"{batch_size}; use more documents or a smaller batch size"
+            )
+        self.n_ctx, self.batch_size, self.seed = rows.shape[1], batch_size, seed
+        self.epoch, self.index = 0, 0
+        self._epoch_cache = None
+
+    def _epoch_data(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch_cache = (epoch, self.rows, torch.randperm(len(self.rows), generator=gen))
+        return self._epoch_cache[1], self._epoch_cache[2]

@@ -9,6 +9,7 @@ from workbench.errors import InvalidInputError
 from workbench.models.schedules import checkpoint_steps
 
 PRECISIONS = ("auto", "fp32", "bf16")
+PACKINGS = ("stream", "document")
 
 
 @dataclass
@@ -30,6 +31,8 @@ class LMTrainConfig:
         1.4x faster at the same loss.
     unembed_bias: train the unembedding bias b_U. Off by default: b_U is fixed at zero, as in
         GPT-2 and Llama heads (which have none), so the model exports to their formats.
+    packing: "stream" (documents concatenated and cut into rows of n_ctx) or "document" (one
+        document per row from its first token, truncated and padded; padding is not a target).
     """
 
     steps: int = 1000
@@ -50,6 +53,7 @@ class LMTrainConfig:
     log_every: int = 10
     precision: str = "auto"
     unembed_bias: bool = False
+    packing: str = "stream"
 
     @property
     def effective_warmup(self) -> int:
@@ -66,6 +70,8 @@ class LMTrainConfig:
             raise InvalidInputError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         if self.warmup_steps < 0:
             raise InvalidInputError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.packing not in PACKINGS:
+            raise InvalidInputError(f"packing must be one of {PACKINGS}, got {self.packing!r}")
         if self.precision not in PRECISIONS:
             raise InvalidInputError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         checkpoint_steps(self.checkpoints, self.steps)

@@ -34,7 +34,8 @@ from workbench.device import resolve_device
 from workbench.errors import InvalidInputError, WorkbenchError
 from workbench.lab import Artifact, Lab, validate_name, write_json
 from workbench.models.architectures import DEFAULT_ARCHITECTURE, get_architecture, move_model
-from workbench.models.losses import evaluate_loss, next_token_loss, resolve_precision
+from workbench.models.distributed import DataParallel, join_launcher_group
+from workbench.models.losses import count_targets, evaluate_loss, next_token_loss, resolve_precision
 from workbench.models.model_io import (
     CHECKPOINT_DIR,
     architecture_manifest,
@@ -45,8 +46,10 @@ from workbench.models.presets import lm_config
 from workbench.models.resume import ResumeStore
 from workbench.models.schedules import checkpoint_steps, lr_factor
 from workbench.models.token_data import (
+    DocumentSampler,
     SequenceSampler,
     cached_stream,
+    pack_documents,
     pack_sequences,
     spread_rows,
     unigram_baseline,
@@ -79,6 +82,7 @@ class _Data:
     unigram_entropy_train: float
     unigram_val_loss: float
     train_tokens_per_epoch: int
+    ignore_index: int | None = None  # padding id of document packing (not a target)
 
 
 @dataclass
@@ -133,6 +137,7 @@ def train_lm(
     restart: bool = False,
     progress: bool = True,
     callbacks: Sequence[Callable[[StepInfo], None]] = (),
+    initialize: Callable[[HookedTransformer], None] | None = None,
 ) -> Artifact:
     """Train a language model on `corpus` with the tokenizer artifact `tokenizer`.
 
@@ -146,6 +151,11 @@ def train_lm(
         progress: show a tqdm progress bar.
         callbacks: called with a `StepInfo` after every optimizer step (after that step's
             state was saved); raising from one stops training and leaves a resumable state.
+        initialize: called with the freshly built model before training starts from step 0
+            (e.g. upcycling weights from a dense model; name its source in
+            architecture_options so that the resume fingerprint covers it).
+    Under torchrun (WORLD_SIZE > 1) the run is data-parallel (see
+    `workbench.models.distributed`): batch_size is the global batch; rank 0 writes.
     Returns the model artifact.
     """
     validate_name(name)
@@ -166,10 +176,12 @@ def train_lm(
         )
     arch = get_architecture(architecture)
     options = dict(architecture_options or {})
-    dev = resolve_device(device)
+    dev = join_launcher_group(resolve_device(device))
+    dp = DataParallel()
     store = ResumeStore(lab.work_dir(name))
-    if restart:
+    if restart and dp.is_main:
         store.clear()
+    dp.barrier()
 
     fingerprint = _fingerprint(model_cfg, train_cfg, corpus, tok_art, architecture, options)
     data = _prepare_data(store, corpus, tok_art.name, tok_art.created, tok, model_cfg.n_ctx,
@@ -178,6 +190,9 @@ def train_lm(
     model = move_model(arch.build(model_cfg, options), dev)
     if not train_cfg.unembed_bias:
         _fix_unembed_bias_at_zero(model)
+    if initialize is not None:
+        initialize(model)
+    dp.broadcast_(list(model.state_dict().values()))
     optimizer = _make_optimizer(model, train_cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -194,18 +209,33 @@ def train_lm(
     }
     kept_steps = checkpoint_steps(train_cfg.checkpoints, train_cfg.steps)
     loop = _Loop(model, optimizer, scheduler, data, store, train_cfg, prog, fingerprint,
-                 kept_steps, arch.aux_loss, callbacks, name)
+                 kept_steps, arch.aux_loss, callbacks, name, dp)
+    if not dp.is_main:  # the other ranks only compute gradients; rank 0 writes everything
+        loop.run(_NoJob(), progress=False)
+        dp.barrier()
+        return lab.get(name, kind="model")
     with lab.job("train_lm", name, run_config, total=train_cfg.steps) as job:
         loop.run(job, progress)
-        final_val = evaluate_loss(model, data.val_final, precision=loop.precision)
+        final_val = evaluate_loss(model, data.val_final, precision=loop.precision,
+                                  ignore_index=data.ignore_index)
         metrics = {**_final_metrics(model, data, train_cfg, prog, final_val),
                    "precision": loop.precision}
+        if dp.world > 1:
+            metrics["world_size"] = dp.world
         job.update(prog.step, force=True, **metrics)
     move_model(model, "cpu")
     _write_model_artifact(lab, name, model, tok, store, prog, kept_steps, run_config, metrics,
                           overwrite)
     shutil.rmtree(store.work_dir, ignore_errors=True)
+    dp.barrier()
     return lab.get(name, kind="model")
+
+
+class _NoJob:
+    """Stands in for the catalog job on ranks other than 0."""
+
+    def update(self, *args, **kwargs) -> None:
+        pass
 
 
 def _write_model_artifact(lab: Lab, name: str, model: HookedTransformer, tok, store: ResumeStore,
@@ -242,8 +272,9 @@ class _Loop:
 
     def __init__(self, model, optimizer, scheduler, data: _Data, store: ResumeStore,
                  cfg: LMTrainConfig, prog: _Progress, fingerprint: str, kept_steps: list[int],
-                 aux_loss, callbacks, name: str):
+                 aux_loss, callbacks, name: str, dp: DataParallel | None = None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.dp = dp or DataParallel()
         self.data, self.store, self.cfg, self.prog = data, store, cfg, prog
         self.fingerprint, self.kept_steps = fingerprint, set(kept_steps)
         self.aux_loss, self.callbacks, self.name = aux_loss, callbacks, name
@@ -267,25 +298,34 @@ class _Loop:
                 for callback in self.callbacks:
                     callback(info)
         except KeyboardInterrupt:
-            self._save()
+            if self.dp.is_main:
+                self._save()
             raise
         finally:
             bar.close()
 
     def _step(self) -> tuple[float, float]:
         """One optimizer step; returns (loss, learning rate used)."""
-        tokens = self.data.sampler.next_batch().to(self.device)
+        dp, ignore = self.dp, self.data.ignore_index
+        tokens = dp.rows(self.data.sampler.next_batch()).to(self.device)
         t0 = time.perf_counter()
-        loss = next_token_loss(self.model, tokens, self.precision)
+        if dp.world == 1:
+            loss = next_token_loss(self.model, tokens, self.precision, ignore)
+        else:  # this rank's share of the global-batch mean: sum / global target count
+            n_global = dp.sum(torch.tensor(float(count_targets(tokens, ignore))))
+            loss = next_token_loss(self.model, tokens, self.precision, ignore, "sum") / n_global
         if self.aux_loss is not None:
             extra = self.aux_loss(self.model)
             if extra is not None:
-                loss = loss + extra
+                loss = loss + extra / dp.world
         step = self.prog.step + 1
         if not torch.isfinite(loss):
             self._diverged(step, f"the loss is {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if dp.world > 1:
+            dp.sum_grads_([p for p in self.model.parameters() if p.requires_grad])
+            loss = dp.sum(loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         if not torch.isfinite(grad_norm):
             self._diverged(step, f"the gradient norm is {float(grad_norm)}")
@@ -305,8 +345,11 @@ class _Loop:
             prog.train_history.append([step, round(mean, 5), lr])
             prog.interval_losses = []
         metrics: dict[str, Any] = {"loss": loss, "lr": lr}
+        if not self.dp.is_main:
+            return
         if step % cfg.eval_every == 0 or step in self.kept_steps:
-            val = evaluate_loss(self.model, self.data.val_interim, precision=self.precision)
+            val = evaluate_loss(self.model, self.data.val_interim, precision=self.precision,
+                                ignore_index=self.data.ignore_index)
             prog.val_history.append([step, round(val, 5)])
             metrics["val_loss"] = val
             self.model.train()
@@ -372,6 +415,8 @@ def _prepare_data(store: ResumeStore, corpus: Corpus, tok_name: str, tok_created
             store.work_dir / f"tokens_{split}.safetensors", key, tok,
             lambda split=split, seed=shuffle_seed: _documents(corpus, split, seed),
         )
+    if cfg.packing == "document":
+        return _document_data(streams, tok, n_ctx, cfg)
     val_sequences = pack_sequences(streams["validation"], n_ctx, tok.bos_token_id)
     if len(val_sequences) == 0:
         raise InvalidInputError(
@@ -384,6 +429,24 @@ def _prepare_data(store: ResumeStore, corpus: Corpus, tok_name: str, tok_created
     baseline = unigram_baseline(train_targets, val_final[:, 1:], len(tok))
     return _Data(sampler, val_final, spread_rows(val_sequences, cfg.eval_sequences),
                  baseline.entropy_train, baseline.val_loss, int(streams["train"].numel()))
+
+
+def _document_data(streams: dict[str, torch.Tensor], tok, n_ctx: int, cfg: LMTrainConfig) -> _Data:
+    """packing="document": one document per row, padding ignored by the losses."""
+    pad = tok.pad_token_id
+    if pad is None:
+        raise InvalidInputError("document packing needs a tokenizer with a PAD token")
+    rows = {split: pack_documents(stream, n_ctx, tok.bos_token_id, tok.eos_token_id, pad)
+            for split, stream in streams.items()}
+    if len(rows["validation"]) == 0:
+        raise InvalidInputError("the corpus has no validation documents; rebuild it with a "
+                                "validation split")
+    sampler = DocumentSampler(rows["train"], cfg.batch_size, cfg.seed)
+    val_final = spread_rows(rows["validation"], cfg.final_eval_sequences)
+    train_t, val_t = rows["train"][:, 1:], val_final[:, 1:]
+    baseline = unigram_baseline(train_t[train_t != pad], val_t[val_t != pad], len(tok))
+    return _Data(sampler, val_final, spread_rows(rows["validation"], cfg.eval_sequences),
+                 baseline.entropy_train, baseline.val_loss, int((train_t != pad).sum()), pad)
 
 
 def _documents(corpus: Corpus, split: str, shuffle_seed: int | None) -> list[str]:
@@ -418,6 +481,8 @@ def _make_optimizer(model: torch.nn.Module, cfg: LMTrainConfig) -> torch.optim.A
 def _fingerprint(model_cfg: HookedTransformerConfig, cfg: LMTrainConfig, corpus: Corpus,
                  tok_art: Artifact, architecture: str, options: dict[str, Any]) -> str:
     train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_WEIGHT_FIELDS}
+    if train.get("packing") == "stream":
+        del train["packing"]  # the default: fingerprints of runs from before the option hold
     blob = json.dumps({
         "model": config_to_dict(model_cfg), "train": train, "architecture": architecture,
         "options": options, "corpus": [corpus.name, corpus.artifact.created],
@@ -448,5 +513,5 @@ def _final_metrics(model, data: _Data, cfg: LMTrainConfig, prog: _Progress,
         "tokens_per_s": train_tokens / prog.step_time_s if prog.step_time_s else 0.0,
         "train_time_s": prog.wall_time_s,
         "n_params": sum(p.numel() for p in model.parameters()),
-        "val_tokens": int(data.val_final[:, 1:].numel()),
+        "val_tokens": count_targets(data.val_final, data.ignore_index),
     }

@@ -201,6 +201,9 @@ def _load_vector(spec: str):
 
 
 def register(app: typer.Typer) -> None:
+    from app.cli.steer_export_cmds import add_commands as add_export_commands
+
+    add_export_commands(steer_app)
     app.add_typer(steer_app, name="steer")
     _register_bench()
 

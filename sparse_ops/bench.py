@@ -304,7 +304,8 @@ def run_kernel_benchmarks(device: str | torch.device | None = None, quick: bool 
     """Run every kernel benchmark on ``device`` (default: CUDA if present, else CPU).
 
     Returns one dict per (kernel, shape, baseline) with keys kernel, shape, device, dtype, ours
-    (backend used: "triton" or "torch" = the PyTorch reference), baseline, ours_ms,
+    (backend used: "triton", "cpu" = the native CPU kernels, or "torch" = the PyTorch
+    reference), baseline, ours_ms,
     baseline_ms, time_ratio (ours / baseline), speedup (baseline / ours), ours_peak_mib,
     baseline_peak_mib, memory_ratio (ours / baseline; None where unknown) and, for attention,
     computed_fraction.
@@ -339,8 +340,9 @@ def describe_run(rows: list[dict]) -> str:
     if rows[0]["device"].startswith("cuda"):
         return ("CUDA: Triton kernels ('triton') against PyTorch baselines; median times after "
                 "warm-up, peak extra memory from torch.cuda.max_memory_allocated.")
-    return ("CPU: no GPU here, so this compares the PyTorch *reference* path ('torch') with the "
-            "baselines on small shapes. These are not Triton kernel timings (the Triton "
+    return ("CPU: no GPU here, so this compares the native CPU kernels ('cpu', where they build) "
+            "or the PyTorch *reference* path ('torch') with the baselines on small shapes. "
+            "These are not Triton kernel timings (the Triton "
             "interpreter is for correctness only); run on a CUDA machine for kernel numbers. "
             "Peak memory from the PyTorch profiler's memory timeline.")
 

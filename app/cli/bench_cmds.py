@@ -55,19 +55,8 @@ def sae_train(
         typer.echo(format_report(report))
 
 
-def _add_optional(module: str) -> None:
-    """Let another area's module add its bench commands (skipped until it exists)."""
-    try:
-        mod = importlib.import_module(f"app.cli.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"app.cli.{module}":
-            raise
-        return
-    mod.register(bench_app)
-
-
-for _module in ("bench_kernels", "bench_quality_cmds", "bench_dashboard_cmds"):
-    _add_optional(_module)
+for _module in ("bench_kernels", "bench_quality_cmds", "bench_dashboard_cmds"):  # join `bench`
+    importlib.import_module(f"app.cli.{_module}").register(bench_app)
 
 
 def register(app: typer.Typer) -> None:

@@ -19,8 +19,9 @@ def kernels(
 ) -> None:
     """Time and measure peak memory of the sparse_ops kernels against PyTorch baselines.
 
-    On CUDA this runs the Triton kernels; on CPU it runs the PyTorch reference path on small
-    shapes and says so (Triton's interpreter is never timed).
+    On CUDA this runs the Triton kernels; on CPU the native CPU kernels for encode and decode
+    (where they build; else the PyTorch reference) and the PyTorch reference for attention, on
+    small shapes, and says so (Triton's interpreter is never timed).
     """
     from sparse_ops.bench import format_table, run_kernel_benchmarks
 

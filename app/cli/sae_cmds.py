@@ -240,8 +240,10 @@ def _split(text: str | None, kind: type) -> list:
 
 @sae_app.command("choices")
 def choices(as_json: bool = typer.Option(False, "--json", help="Print them as JSON.")) -> None:
-    """List the values --arch, --normalize and --kernels take (from the registries that define
-    them: saes.ARCHITECTURES, saes.training.config.NORMALIZATIONS, sparse_ops' BACKENDS)."""
+    """List the values --arch, --normalize and --kernels take.
+
+    From the registries that define them: saes.ARCHITECTURES, saes.training.config.NORMALIZATIONS
+    and sparse_ops.dispatch.BACKENDS."""
     from saes import ARCHITECTURES
     from saes.training.config import NORMALIZATIONS
     from sparse_ops.dispatch import BACKEND_DESCRIPTIONS
@@ -274,12 +276,8 @@ def import_command(
 
 
 def _add_eval_commands() -> None:
-    try:
-        from app.cli import sae_eval_cmds
-    except ModuleNotFoundError as exc:
-        if exc.name != "app.cli.sae_eval_cmds":
-            raise
-        return
+    from app.cli import sae_eval_cmds
+
     sae_eval_cmds.add_commands(sae_app)
 
 

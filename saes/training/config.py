@@ -132,8 +132,11 @@ class SAETrainConfig:
             cfg.warmup_tokens = cfg.tokens // 20
         if cfg.normalize is None:
             cfg.normalize = "token" if cfg.arch == "topafa" else "dataset"
-        if cfg.sparsity_coefficient is None and cfg.arch in DEFAULT_SPARSITY:
-            cfg.sparsity_coefficient = DEFAULT_SPARSITY[cfg.arch]
+        if cfg.sparsity_coefficient is None:
+            cfg.sparsity_coefficient = DEFAULT_SPARSITY.get(cfg.arch, 0.0)
+        for name in ("k", "groups", "group_size", "k_groups"):  # 0 = not used by this arch
+            if getattr(cfg, name) is None:
+                setattr(cfg, name, 0)
         if cfg.batchtopk_threshold_ema is None:
             cfg.batchtopk_threshold_ema = min(1.0, max(0.01, 20 / cfg.total_steps))
         if cfg.k_aux is None:
@@ -239,20 +242,22 @@ class SAETrainConfig:
 @dataclass
 class ResolvedSAETrainConfig(SAETrainConfig):
     """An `SAETrainConfig` with its defaults filled in (made by `SAETrainConfig.resolved`):
-    the fields below are never None. k is set for topk / batchtopk, groups, group_size and
-    k_groups for structured (validated); sparsity_coefficient for relu / jumprelu."""
+    no field is None except `init_from` (start from that SAE, if any). Fields an architecture
+    does not use are 0: k outside topk / batchtopk, groups / group_size / k_groups outside
+    structured, sparsity_coefficient outside relu / jumprelu."""
 
     k: int = 0
-    lr: float = 0.0
-    warmup_tokens: int = 0
-    normalize: str = "dataset"
-    batchtopk_threshold_ema: float = 0.0
-    k_aux: int = 0
-    dead_window_tokens: int = 0
-    checkpoint_every_tokens: int = 0
     groups: int = 0
     group_size: int = 0
     k_groups: int = 0
+    sparsity_coefficient: float = 0.0
+    batchtopk_threshold_ema: float = 0.0
+    lr: float = 0.0
+    warmup_tokens: int = 0
+    normalize: str = "dataset"
+    k_aux: int = 0
+    dead_window_tokens: int = 0
+    checkpoint_every_tokens: int = 0
 
 
 def _positive(cfg: SAETrainConfig, *names: str) -> None:

@@ -203,7 +203,7 @@ def test_steer_make_from_a_tensor_file(planted, monkeypatch, capsys, tmp_path):
 
     lab = planted.lab
     np.save(tmp_path / "dir.npy", np.arange(128, dtype=np.float32))
-    code, out, err = _cli(monkeypatch, capsys, lab, "steer", "make", "file-vec", "--from-file",
+    code, _out, err = _cli(monkeypatch, capsys, lab, "steer", "make", "file-vec", "--from-file",
                           str(tmp_path / "dir.npy"), "--hook", HOOK0, "--model", "planted-lm")
     assert code == 0, err
     vec = SteeringVector.from_lab(lab, "file-vec")

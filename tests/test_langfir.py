@@ -194,3 +194,23 @@ def test_bench_generation_reports_both_timings(planted):
                            repeats=1)
     assert fig["unsteered_min_wall_s"] > 0 and fig["steered_median_cpu_s"] > 0
     assert "overhead_median_cpu_pct" in fig
+
+
+def test_steer_make_from_a_tensor_file(planted, monkeypatch, capsys, tmp_path):
+    import numpy as np
+
+    from steering.vectors import SteeringVector
+
+    lab = planted.lab
+    np.save(tmp_path / "dir.npy", np.arange(128, dtype=np.float32))
+    code, _out, err = _cli(monkeypatch, capsys, lab, "steer", "make", "file-vec", "--from-file",
+                          str(tmp_path / "dir.npy"), "--hook", HOOK0, "--model", "planted-lm")
+    assert code == 0, err
+    vec = SteeringVector.from_lab(lab, "file-vec")
+    expected = torch.arange(128, dtype=torch.float32)
+    assert torch.allclose(vec.directions[HOOK0], expected / expected.norm())
+    assert vec.resid_norm[HOOK0] > 0
+    np.save(tmp_path / "short.npy", np.ones(64, dtype=np.float32))
+    code, _out, err = _cli(monkeypatch, capsys, lab, "steer", "make", "short-vec", "--from-file",
+                          str(tmp_path / "short.npy"), "--hook", HOOK0, "--model", "planted-lm")
+    assert code == 2 and "needs [128]" in err and not lab.exists("short-vec")

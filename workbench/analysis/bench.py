@@ -118,12 +118,37 @@ def _probe_main(model: str, corpus: str, split: str, n: int, root: str) -> None:
     lab = Lab(root)
     loaded, _ = resolve_model(model, lab)
     tokens = eval_tokens(loaded, lab, corpus or None, n, split=split)
-    before = peak_rss_mb()
+    before = {"rss_before_mb": _status_mb("VmRSS"), "peak_rss_loading_mb": peak_rss_mb()}
+    reset = _reset_peak_rss()
     t0 = time.perf_counter()
     cfg = AttentionConfig()
     head_tables(attention_stats(loaded, tokens, cfg), cfg)
-    print(json.dumps({"tokens": int(tokens.numel()), "peak_rss_mb": peak_rss_mb(),
-                      "peak_rss_before_mb": before, "seconds": time.perf_counter() - t0}))
+    peak = _status_mb("VmHWM") if reset else peak_rss_mb()
+    print(json.dumps({"tokens": int(tokens.numel()), "peak_rss_mb": peak, "peak_reset": reset,
+                      **before, "seconds": time.perf_counter() - t0}))
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: write 5 to /proc/self/clear_refs), so the peak
+    read afterwards is that of the metrics alone, not of imports and loading."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB (nan where unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -155,8 +180,9 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"memory     {m['tokens']} tokens: failed ({m['error']})")
         else:
             lines.append(f"memory     {m['tokens']:>7} tokens: attention metrics peak RSS "
-                         f"{m['peak_rss_mb']:.0f} MiB (model + tokens loaded: "
-                         f"{m['peak_rss_before_mb']:.0f} MiB), {m['seconds']:.1f} s")
+                         f"{m['peak_rss_mb']:.0f} MiB (RSS before {m['rss_before_mb']:.0f} MiB "
+                         f"with model and tokens loaded; peak while loading "
+                         f"{m['peak_rss_loading_mb']:.0f} MiB), {m['seconds']:.1f} s")
     return "\n".join(lines)
 
 

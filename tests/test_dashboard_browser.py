@@ -62,10 +62,11 @@ def served(tiny_lab):
 
 
 def test_port_taken_gives_a_clear_message(served):
-    _, port = served
+    lab, port = served
     out = subprocess.run([sys.executable, "-m", "app.cli", "app", "--port", str(port)],
                          check=False, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+                         env={**os.environ, "PYTHONPATH": str(REPO),
+                              "WORKBENCH_LAB": str(lab.root)})
     assert out.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in out.stderr
 
 
@@ -88,27 +89,39 @@ def test_dashboard_pages_in_chromium(served, tmp_path):
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
 
-        def visit(path: str, text: str, shot: str) -> None:
-            page.goto(base + path)
+        def settle() -> None:
+            """Wait until the script run is over, then let the charts draw."""
+            page.wait_for_timeout(300)
+            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
+                                   timeout=90_000)
+            page.wait_for_timeout(1000)
+
+        def visit(link: str, text: str, shot: str) -> None:
+            """Open a page through the navigation (as a user does)."""
+            page.get_by_role("link", name=link).first.click()
             page.get_by_text(text).first.wait_for(timeout=90_000)
-            page.wait_for_timeout(800)  # let charts draw
+            settle()
             assert not page.get_by_text("Traceback").count()
             page.screenshot(path=str(shots / f"{shot}.png"))
 
-        visit("/", "Sparsity workbench", "lab")
+        page.goto(base)
+        page.get_by_text("Sparsity workbench").first.wait_for(timeout=90_000)
+        settle()
+        page.screenshot(path=str(shots / "lab.png"))
         page.get_by_role("tab", name="Lineage").click()
-        page.wait_for_timeout(800)
+        settle()
         page.screenshot(path=str(shots / "lab-lineage.png"))
-        visit("/model", "Next-token predictions", "model")
-        visit("/saes", "NMSE vs L0", "saes")
-        visit(f"/features?sae={SAE}&feature=3", "Test your own text", "features")
+        visit("Model", "Next-token predictions", "model")
+        visit("SAEs", "NMSE vs L0", "saes")
+        visit("Feature browser", "Test your own text", "features")
+        assert page.get_by_text(SAE).count()
 
         # search a feature by the token it fires on
         from saes.feature_stats import load_feature_stats
 
         _, contexts = load_feature_stats(lab, SAE)
         top = contexts[(contexts.kind == "top") & (contexts["rank"] == 0)].iloc[0]
-        box = page.get_by_label("Token").first
+        box = page.get_by_placeholder("e.g. ' der' or 'the'")
         box.fill(str(top.tokens[top.centre]))
         box.press("Enter")
         page.get_by_text("Open feature").first.wait_for(timeout=60_000)
@@ -120,7 +133,7 @@ def test_dashboard_pages_in_chromium(served, tmp_path):
         page.get_by_role("button", name="Generate").click()
         page.get_by_text("Unsteered").first.wait_for(timeout=60_000)
         page.get_by_text("Steered (feature").first.wait_for(timeout=60_000)
-        page.wait_for_timeout(500)
+        settle()
         page.screenshot(path=str(shots / "features-full.png"), full_page=True)
         browser.close()
     elapsed = time.time() - t0

@@ -55,8 +55,8 @@ def serve_dashboard(host: str = "127.0.0.1", port: int = 8501) -> None:
     import app as app_package
 
     script = Path(app_package.__file__).parent / "dashboard" / "main.py"
-    lab = get_lab()
     check_port_free(host, port)
+    lab = get_lab()
     repo = str(Path(app_package.__file__).resolve().parents[1])
     pythonpath = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "WORKBENCH_LAB": str(lab.root), "PYTHONPATH": pythonpath}

@@ -30,6 +30,6 @@ NAVIGATION = {
     ],
 }
 
-st.set_page_config(page_title="Sparsity workbench", page_icon=":material/grain:",
-                   layout="wide")
+# (no page_icon: a Material-symbol favicon would be fetched from Google's font CDN)
+st.set_page_config(page_title="Sparsity workbench", layout="wide")
 st.navigation(NAVIGATION).run()

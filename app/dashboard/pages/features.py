@@ -95,7 +95,7 @@ def choose_setting() -> Setting | None:
         common.missing("No SAEs in the lab yet; the feature browser needs one.",
                        "Build the default lab", ["lab", "build", "default"], key="features")
         return None
-    cols = st.columns([2, 2, 1])
+    cols = st.columns(3)
     params = st.query_params
     default = saes.index(params["sae"]) if params.get("sae") in saes else 0
     name = cols[0].selectbox("SAE", saes, index=default, key="feature-sae")
@@ -266,7 +266,8 @@ def neighbours_section(s: Setting, row: pd.Series, feature: int) -> None:
     left.markdown("**Nearest by decoder cosine**")
     near = pd.DataFrame({"feature": list(row.neighbors), "cosine": list(row.neighbor_cosines)})
     left.dataframe(near, hide_index=True, width="stretch")
-    right.markdown(f"**Most correlated** (over {CORRELATION_TOKENS:,} tokens)")
+    right.markdown("**Most correlated**", help=f"Pearson correlation of the activations over "
+                   f"the first {CORRELATION_TOKENS:,} tokens of the SAE's activations")
     if s.acts is None:
         right.caption("Needs the SAE's activations.")
         return
@@ -334,7 +335,7 @@ def feature_section(s: Setting) -> None:
         row = s.tables.row(feature)
         max_act = float(row.max_act)
         summary_section(row)
-        left, right = st.columns([1, 1])
+        left, right = st.columns([4, 5])
         with left:
             common.chart(histogram_figure(row), key="act-hist")
         with right:

@@ -146,6 +146,14 @@ class NameHold:
             _write_holder(_HELD[str(path)].fd, {"pid": os.getpid(), "job": job_id})
 
 
+def _secondary_rank() -> bool:
+    """True in a torch.distributed worker of rank > 0: rank 0 holds the names for its group
+    (all ranks of one DDP run make the same artifacts)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
+
+
 def _acquire(lab: Lab, path: Path, name: str) -> int | None:
     """Lock one name; returns the id of a dead job found holding it (taken over), if any."""
     key = str(path)
@@ -191,6 +199,9 @@ def hold_names(lab: Lab, names: list[str]) -> Iterator[NameHold]:
     """Hold the locks of all `names` (sorted, so two jobs never deadlock) or raise
     JobConflictError at once, holding none, when one is held by a running job."""
     hold = NameHold(lab)
+    if _secondary_rank():
+        yield hold
+        return
     try:
         for name in sorted(set(names)):
             path = lock_path(lab, name)
@@ -212,6 +223,8 @@ def claim(lab: Lab, name: str) -> None:
     """Hold artifact `name` for this process from now until its job ends (or the process
     exits): called by `Lab.work_dir`, so a second start of a name is refused before it touches
     the first one's checkpoints. Raises JobConflictError when another process holds it."""
+    if _secondary_rank():
+        return
     path = lock_path(lab, name)
     held = _HELD.get(str(path))
     if held is not None:

@@ -22,7 +22,7 @@ def run(
     n_docs: int = typer.Option(100, help="Monolingual documents per language."),
     vectors: bool = typer.Option(True, help="Also store the steering vectors "
                                  "<name>-<language>-<method>."),
-    strength: float = typer.Option(4.0, help="Default strength of the vectors (x resid_norm)."),
+    strength: float = typer.Option(2.0, help="Default strength of the vectors (x resid_norm)."),
     device: str = typer.Option(None, help="cpu, cuda, ... (default: CUDA when present)."),
     overwrite: bool = typer.Option(False, help="Replace existing artifacts of these names."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),

@@ -28,7 +28,7 @@ def make(
     hook: str = typer.Option(None, help="Hook of a plain tensor file."),
     model: str = typer.Option(None, help="Model of a plain tensor file."),
     key: str = typer.Option(None, help="Tensor name inside a .safetensors file."),
-    strength: float = typer.Option(4.0, help="Default strength (x resid_norm)."),
+    strength: float = typer.Option(2.0, help="Default strength (x resid_norm)."),
     overwrite: bool = typer.Option(False, help="Replace an existing artifact of that name."),
 ) -> None:
     """Store a steering vector from a feature, a file or a LangFIR report."""

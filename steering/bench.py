@@ -48,25 +48,31 @@ def bench_langfir(lab: Lab, model: str, sae: str, corpus: str,
 
 def bench_generation(lab: Lab, vector: str, n_prompts: int = 8, max_new_tokens: int = 32,
                      repeats: int = 5, use_cache: bool = True) -> dict[str, Any]:
-    """Median time of greedy batched generation with and without the vector (interleaved
-    repeats), and the overhead in percent."""
+    """Time of greedy batched generation of exactly max_new_tokens tokens (no stop at EOS) with
+    and without the vector, interleaved repeats: the minimum and median wall time and the
+    median process CPU time (steadier than wall time on a loaded machine), each with the
+    steering overhead in percent."""
     from workbench.models.loading import load_model
 
     vec = SteeringVector.from_lab(lab, vector)
     model = load_model(vec.model, lab=lab, device="cpu")
     prompts = [f"Prompt number {i} says" for i in range(n_prompts)]
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, use_cache=use_cache)
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, use_cache=use_cache, stop_at_eos=False)
     generate(model, prompts, config=cfg)  # warm up
     generate(model, prompts, vec, config=cfg)
-    plain, steered = [], []
+    runs: dict[str, list[tuple[float, float]]] = {"plain": [], "steered": []}
     for _ in range(repeats):
-        t = time.perf_counter()
-        generate(model, prompts, config=cfg)
-        plain.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        generate(model, prompts, vec, config=cfg)
-        steered.append(time.perf_counter() - t)
-    p, s = statistics.median(plain), statistics.median(steered)
-    return {"vector": vector, "prompts": n_prompts, "new_tokens": max_new_tokens,
-            "repeats": repeats, "kv_cache": use_cache, "unsteered_s": p, "steered_s": s,
-            "overhead_pct": 100.0 * (s - p) / p, "threads": torch.get_num_threads()}
+        for key, vector_or_none in (("plain", None), ("steered", vec)):
+            wall, cpu = time.perf_counter(), time.process_time()
+            generate(model, prompts, vector_or_none, config=cfg)
+            runs[key].append((time.perf_counter() - wall, time.process_time() - cpu))
+    out: dict[str, Any] = {"vector": vector, "prompts": n_prompts, "new_tokens": max_new_tokens,
+                           "repeats": repeats, "kv_cache": use_cache,
+                           "threads": torch.get_num_threads()}
+    for stat, pick in (("min_wall", lambda r: min(w for w, _ in r)),
+                       ("median_wall", lambda r: statistics.median(w for w, _ in r)),
+                       ("median_cpu", lambda r: statistics.median(c for _, c in r))):
+        p, s = pick(runs["plain"]), pick(runs["steered"])
+        out[f"unsteered_{stat}_s"], out[f"steered_{stat}_s"] = p, s
+        out[f"overhead_{stat}_pct"] = 100.0 * (s - p) / p
+    return out

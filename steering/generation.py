@@ -25,13 +25,15 @@ from workbench.errors import InvalidInputError
 @dataclass
 class GenerationConfig:
     """max_new_tokens per prompt; temperature 0 = greedy; top_k for sampling; seed for
-    sampling; use_cache: TransformerLens's KV cache."""
+    sampling; use_cache: TransformerLens's KV cache; stop_at_eos: stop a sequence at EOS (off:
+    always max_new_tokens, e.g. for timing)."""
 
     max_new_tokens: int = 30
     temperature: float = 0.0
     top_k: int | None = 50
     seed: int = 0
     use_cache: bool = True
+    stop_at_eos: bool = True
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -87,7 +89,8 @@ def generate(model, prompts: Sequence[str], vector: SteeringVector | None = None
         out = model.generate(inputs, max_new_tokens=new, do_sample=cfg.temperature > 0,
                              temperature=cfg.temperature or 1.0, top_k=cfg.top_k,
                              use_past_kv_cache=cfg.use_cache, verbose=False,
-                             stop_at_eos=True, return_type="tokens", padding_side="left")
+                             stop_at_eos=cfg.stop_at_eos, return_type="tokens",
+                             padding_side="left")
     width = tokens.shape[1]
     tok = model.tokenizer
     return [tok.decode(row[width:], skip_special_tokens=True) for row in out]

@@ -177,3 +177,40 @@ def test_steer_commands(planted, monkeypatch, capsys):
                           "--sae", str(planted.sae_path), "--corpus", "corpus", "--languages",
                           "en,xx", "--name", "never")
     assert code == 2 and "unknown language" in err and not lab.exists("never")
+
+
+def test_bench_generation_reports_both_timings(planted):
+    from steering.bench import bench_generation
+    from steering.making import make_report_vectors
+
+    lab = planted.lab
+    if not lab.exists("planted-report"):
+        run_langfir(lab, "planted-report", "planted-lm", str(planted.sae_path), "corpus",
+                    config=_config(planted))
+        make_report_vectors(lab, "planted-report")
+    elif not lab.exists("planted-report-de-langfir"):
+        make_report_vectors(lab, "planted-report")
+    fig = bench_generation(lab, "planted-report-de-langfir", n_prompts=2, max_new_tokens=3,
+                           repeats=1)
+    assert fig["unsteered_min_wall_s"] > 0 and fig["steered_median_cpu_s"] > 0
+    assert "overhead_median_cpu_pct" in fig
+
+
+def test_steer_make_from_a_tensor_file(planted, monkeypatch, capsys, tmp_path):
+    import numpy as np
+
+    from steering.vectors import SteeringVector
+
+    lab = planted.lab
+    np.save(tmp_path / "dir.npy", np.arange(128, dtype=np.float32))
+    code, _out, err = _cli(monkeypatch, capsys, lab, "steer", "make", "file-vec", "--from-file",
+                          str(tmp_path / "dir.npy"), "--hook", HOOK0, "--model", "planted-lm")
+    assert code == 0, err
+    vec = SteeringVector.from_lab(lab, "file-vec")
+    expected = torch.arange(128, dtype=torch.float32)
+    assert torch.allclose(vec.directions[HOOK0], expected / expected.norm())
+    assert vec.resid_norm[HOOK0] > 0
+    np.save(tmp_path / "short.npy", np.ones(64, dtype=np.float32))
+    code, _out, err = _cli(monkeypatch, capsys, lab, "steer", "make", "short-vec", "--from-file",
+                          str(tmp_path / "short.npy"), "--hook", HOOK0, "--model", "planted-lm")
+    assert code == 2 and "needs [128]" in err and not lab.exists("short-vec")

@@ -191,3 +191,19 @@ def test_bad_input_gives_clear_errors_and_writes_nothing(tmp_path, steer_setup):
     with pytest.raises(InvalidInputError, match="not valid JSON"):
         SteeringVector.load(tmp_path / "bad")
     assert not lab.exists("never-written")
+
+
+def test_lm_trainer_fixes_the_unembedding_bias_at_zero(steer_setup):
+    from workbench.models.loading import load_model
+    from workbench.models.presets import lm_config
+    from workbench.models.training import LMTrainConfig, train_lm
+
+    lab, _, model = steer_setup
+    small = LMTrainConfig(steps=2, batch_size=2, warmup_steps=1, eval_every=2, eval_sequences=2,
+                          final_eval_sequences=2, save_every=2)
+    cfg = lm_config("tiny", d_vocab=model.cfg.d_vocab, n_ctx=32)
+    train_lm(lab, "lm-nobias", "corpus", "tok", cfg, small, progress=False)
+    assert torch.count_nonzero(load_model("lm-nobias", lab=lab).unembed.b_U) == 0
+    small.unembed_bias = True
+    train_lm(lab, "lm-bias", "corpus", "tok", cfg, small, progress=False)
+    assert torch.count_nonzero(load_model("lm-bias", lab=lab).unembed.b_U) > 0

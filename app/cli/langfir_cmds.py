@@ -18,7 +18,7 @@ def run(
     name: str = typer.Option(..., help="Name of the report artifact (kind langfir)."),
     languages: str = typer.Option(None, help="Comma-separated languages (default: all)."),
     tau: float = typer.Option(0.3, help="Frequency threshold: share of L's tokens."),
-    tau_r: float = typer.Option(0.05, "--tau-r", help="Random-token filter threshold."),
+    tau_r: float = typer.Option(0.1, "--tau-r", help="Random-token filter threshold."),
     n_docs: int = typer.Option(100, help="Monolingual documents per language."),
     vectors: bool = typer.Option(True, help="Also store the steering vectors "
                                  "<name>-<language>-<method>."),

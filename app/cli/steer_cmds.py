@@ -247,9 +247,11 @@ def bench_steering(
     for key in ("generation_cache", "generation_nocache"):
         g = out[key]
         typer.echo(f"generation ({'KV cache' if g['kv_cache'] else 'no cache'}, {g['prompts']} "
-                   f"prompts x {g['new_tokens']} tokens, median of {g['repeats']}): unsteered "
-                   f"{g['unsteered_s']:.3f} s, steered {g['steered_s']:.3f} s, overhead "
-                   f"{g['overhead_pct']:+.1f}%")
+                   f"prompts x {g['new_tokens']} tokens, {g['repeats']} repeats):")
+        for stat, label in (("min_wall", "min wall"), ("median_wall", "median wall"),
+                            ("median_cpu", "median CPU")):
+            typer.echo(f"  {label:12s} unsteered {g[f'unsteered_{stat}_s']:.3f} s, steered "
+                       f"{g[f'steered_{stat}_s']:.3f} s, overhead {g[f'overhead_{stat}_pct']:+.1f}%")
 
 
 def _register_bench() -> None:

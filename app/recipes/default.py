@@ -12,6 +12,9 @@ stopped, and the second run only starts the dashboard):
 5. `default-lang-probe`  language-ID probe at that hook (validated on held-out documents)
 6. `default-topk`, `default-topafa`  a TopK and a top-AFA SAE trained in one pass, each with its
    evaluation (eval.json) and feature statistics (Parquet)
+7. `default-langfir`  LangFIR language features of the TopK SAE (report: kept features,
+   stability, ablation matrix, register check), and its steering vectors
+   `default-langfir-<language>-<method>` (langfir, langfir_eq, diffmean, saediff)
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class DefaultRecipe:
     sae_batch_size: int = 2048
     eval_tokens: int = 16_384
     stats_tokens: int = 20_000
+    langfir: str = "default-langfir"
+    langfir_sae: str = "default-topk"
 
 
 def build_default_lab(lab: Lab, echo: Callable[[str], None] = print,
@@ -71,6 +76,7 @@ def build_default_lab(lab: Lab, echo: Callable[[str], None] = print,
         echo(f"[demo] {name} done in {time.time() - t0:.0f} s")
     for sae in (r.topk_sae, r.topafa_sae):
         _sae_reports(lab, r, sae, echo)
+    _langfir(lab, r, echo)
     echo(f"[demo] default lab ready in {lab.root} ({time.time() - start:.0f} s)")
 
 
@@ -138,6 +144,21 @@ def _sae_reports(lab: Lab, r: DefaultRecipe, sae: str, echo: Callable[[str], Non
     if not (art.path / "feature_stats.parquet").exists():
         echo(f"[demo] feature statistics of {sae} ...")
         compute_feature_stats(lab, sae, n_tokens=r.stats_tokens)
+
+
+def _langfir(lab: Lab, r: DefaultRecipe, echo: Callable[[str], None]) -> None:
+    """The LangFIR report of the TopK SAE and its steering vectors (whatever is missing)."""
+    from steering.langfir import run_langfir
+    from steering.making import make_report_vectors
+
+    if not lab.exists(r.langfir):
+        echo(f"[demo] building {r.langfir} ...")
+        t0 = time.time()
+        run_langfir(lab, r.langfir, r.lm, r.langfir_sae, r.corpus)
+        echo(f"[demo] {r.langfir} done in {time.time() - t0:.0f} s")
+    t0 = time.time()
+    made = make_report_vectors(lab, r.langfir, skip_existing=True)
+    echo(f"[demo] {len(made)} steering vectors of {r.langfir} ready ({time.time() - t0:.0f} s)")
 
 
 def build(lab: Lab, echo: Callable[[str], None] = print, quick: bool = False) -> None:

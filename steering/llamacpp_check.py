@@ -62,15 +62,20 @@ def control_vector_buffer(path: str | os.PathLike, n_layers: int, n_embd: int,
 
 
 class LlamaCppModel:
-    """A GGUF model in llama.cpp with all-position logits and an optional control vector."""
+    """A GGUF model in llama.cpp with all-position logits and, given a GGUF control vector
+    file, that vector applied from the start (as `--control-vector FILE` does)."""
 
-    def __init__(self, gguf_file: str | os.PathLike, n_ctx: int, n_threads: int = 2):
+    def __init__(self, gguf_file: str | os.PathLike, n_ctx: int,
+                 control_vector: str | os.PathLike | None = None, scale: float = 1.0,
+                 n_threads: int = 2):
         self.llama_cpp = import_llama_cpp()
         self.llm = self.llama_cpp.Llama(model_path=str(gguf_file), n_ctx=n_ctx, n_batch=n_ctx,
                                         n_ubatch=n_ctx, logits_all=True, n_threads=n_threads,
                                         verbose=False)
         self.n_layers = self.llama_cpp.llama_model_n_layer(self.llm.model)
         self.n_embd = self.llama_cpp.llama_model_n_embd(self.llm.model)
+        if control_vector is not None:
+            self.set_control_vector(control_vector, scale)
 
     def logits(self, ids: list[int]) -> np.ndarray:
         """[len(ids), n_vocab] float32 logits at every position (a fresh KV cache)."""
@@ -114,6 +119,7 @@ def run_llamacpp_check(model: Any, vector: SteeringVector, texts: list[str],
     [cvec] = export_vector(vector, "gguf", work / "vector.gguf", strength=strength,
                            model=ModelShape.from_config(model.cfg), overwrite=True)
     cpp = LlamaCppModel(gguf_model, n_ctx=model.cfg.n_ctx)
+    cpp_steering = LlamaCppModel(gguf_model, n_ctx=model.cfg.n_ctx, control_vector=cvec)
 
     prompt = tok(texts[0])["input_ids"][: min(prompt_tokens, model.cfg.n_ctx)]
     tokens = torch.tensor([prompt])
@@ -121,11 +127,8 @@ def run_llamacpp_check(model: Any, vector: SteeringVector, texts: list[str],
         tl_plain = model(tokens)[0].float().numpy()
         with vector.apply(model, strength=strength):
             tl_steered = model(tokens)[0].float().numpy()
-    cpp.set_control_vector(None)
     cpp_plain = cpp.logits(prompt)
-    cpp.set_control_vector(cvec)
-    cpp_steered = cpp.logits(prompt)
-    cpp.set_control_vector(None)
+    cpp_steered = cpp_steering.logits(prompt)
 
     agree, first_mismatch = 0, None
     n_tokens = 0

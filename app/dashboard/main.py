@@ -18,18 +18,19 @@ if str(ROOT) not in sys.path:  # `streamlit run app/dashboard/main.py` from anyw
 PAGES = Path(__file__).parent / "pages"
 
 # The pages, in navigation order. Areas add theirs here (MoE-X, steering, analyses) as
-# st.Page(PAGES / "<area>.py", title=..., icon=...).
+# st.Page(PAGES / "<area>.py", title=...) (no icon: see below).
 NAVIGATION = {
     "Workbench": [
-        st.Page(PAGES / "lab.py", title="Lab", icon=":material/science:", default=True),
-        st.Page(PAGES / "model.py", title="Model", icon=":material/neurology:"),
+        st.Page(PAGES / "lab.py", title="Lab", default=True),
+        st.Page(PAGES / "model.py", title="Model"),
     ],
     "Sparse autoencoders": [
-        st.Page(PAGES / "saes.py", title="SAEs", icon=":material/insights:"),
-        st.Page(PAGES / "features.py", title="Feature browser", icon=":material/search:"),
+        st.Page(PAGES / "saes.py", title="SAEs"),
+        st.Page(PAGES / "features.py", title="Feature browser"),
     ],
 }
 
-# (no page_icon: a Material-symbol favicon would be fetched from Google's font CDN)
+# No page_icon and no st.Page icons: Streamlit turns them into the favicon, fetched from
+# Google's font CDN (Material symbols) or an emoji CDN, which an offline lab cannot reach.
 st.set_page_config(page_title="Sparsity workbench", layout="wide")
 st.navigation(NAVIGATION).run()

@@ -195,7 +195,7 @@ def search_section(s: Setting) -> None:
 def summary_section(row: pd.Series) -> None:
     cols = st.columns(5)
     cols[0].metric("density", f"{row.frequency:.2e}", help="fraction of tokens it fires on")
-    cols[1].metric("fired on", f"{int(row.n_fired):,} tokens")
+    cols[1].metric("tokens fired on", f"{int(row.n_fired):,}")
     cols[2].metric("max activation", f"{row.max_act:.3g}")
     cols[3].metric("mean (when firing)", f"{row.mean_act:.3g}")
     lang = row.top_language or "-"

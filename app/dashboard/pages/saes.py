@@ -21,7 +21,7 @@ def eval_table(arts) -> pd.DataFrame:
     rows = []
     for a in arts:
         row = {"SAE": a.name, "arch": a.manifest.get("arch") or a.config.get("arch") or "?",
-               "latents": a.manifest.get("d_sae"), "hook": a.manifest.get("hook")}
+               "latents": a.manifest.get("d_sae")}
         for key, title in EVAL_COLUMNS.items():
             value = a.metrics.get(key)
             row[title] = float(value) if isinstance(value, (int, float)) else None

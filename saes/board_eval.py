@@ -185,7 +185,7 @@ def board_probe_accuracy(fit_x: torch.Tensor, fit_boards: torch.Tensor, test_x: 
         m = probe.evaluate(test_x, test_boards[:, sq].tolist())
         accs.append(m["accuracy"])
         f1s.append(m["macro_f1"])
-    return {"probe_accuracy": float(np.mean(accs)), "probe_macro_f1": float(np.nanmean(f1s)),
+    return {"probe_accuracy": float(np.mean(accs)), "probe_macro_f1": float(np.mean(f1s)) if f1s else float("nan"),
             "probe_squares": len(squares)}
 
 

@@ -89,6 +89,8 @@ def test_dashboard_pages_in_chromium(served, tmp_path):
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+        page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}")
+                if r.status >= 400 else None)
 
         def settle() -> None:
             """Wait until the script run is over, then let the charts draw."""
@@ -114,7 +116,16 @@ def test_dashboard_pages_in_chromium(served, tmp_path):
         page.screenshot(path=str(shots / "lab-lineage.png"))
         visit("Model", "Next-token predictions", "model")
         visit("SAEs", "NMSE vs L0", "saes")
-        visit("Feature browser", "Test your own text", "features")
+        page.get_by_role("link", name="Feature browser").first.click()
+        settle()
+        # other tests of the session may have added SAEs to the shared lab: pick ours
+        if f"sae={SAE}" not in page.url:
+            page.get_by_test_id("stSelectbox").filter(has_text="SAE").first.click()
+            page.get_by_role("option", name=SAE, exact=True).click()
+        page.get_by_text("Test your own text").first.wait_for(timeout=90_000)
+        settle()
+        assert not page.get_by_text("Traceback").count()
+        page.screenshot(path=str(shots / "features.png"))
         assert f"sae={SAE}" in page.url
 
         # search a feature by the token it fires on

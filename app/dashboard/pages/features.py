@@ -97,7 +97,12 @@ def choose_setting() -> Setting | None:
         return None
     cols = st.columns(3)
     params = st.query_params
-    default = saes.index(params["sae"]) if params.get("sae") in saes else 0
+    if params.get("sae") in saes:
+        default = saes.index(params["sae"])
+    else:  # the first SAE whose feature statistics exist (every panel has data), else the first
+        with_stats = [i for i, a in enumerate(common.artifacts("sae"))
+                      if (a.path / "feature_stats.parquet").exists()]
+        default = with_stats[0] if with_stats else 0
     name = cols[0].selectbox("SAE", saes, index=default, key="feature-sae")
     art = common.lab().get(name)
     model, hook = common.sae_model_and_hook(art)

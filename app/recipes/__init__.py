@@ -9,6 +9,7 @@ prints one line per step through `echo`. Recipes live in `app` because they use 
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,3 +54,18 @@ def get_recipe(name: str) -> Recipe:
             f"unknown lab recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))} "
             "(see `workbench lab build --help`)"
         ) from None
+
+
+def run_step(lab: Lab, tag: str, name: str, build: Callable[[], None],
+             echo: Callable[[str], None] = print, report_skip: bool = False) -> bool:
+    """Make artifact `name` with `build()` unless the lab has it (so a rerun resumes); prints
+    `[tag] building NAME ...` and `[tag] NAME done in S s`. Returns whether it built."""
+    if lab.exists(name):
+        if report_skip:
+            echo(f"[{tag}] {name}: exists, skipped")
+        return False
+    echo(f"[{tag}] building {name} ...")
+    start = time.perf_counter()
+    build()
+    echo(f"[{tag}] {name} done in {time.perf_counter() - start:.0f} s")
+    return True

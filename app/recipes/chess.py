@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from app.recipes import run_step
 from workbench.lab import Lab
 
 
@@ -82,14 +83,7 @@ def build(lab: Lab, echo: Callable[[str], None] = print, quick: bool = False,
 
 
 def _step(lab: Lab, name: str, echo, fn) -> None:
-    import time
-
-    if lab.exists(name):
-        echo(f"[chess] {name}: exists, skipped")
-        return
-    t0 = time.perf_counter()
-    fn()
-    echo(f"[chess] {name}: built in {time.perf_counter() - t0:.0f} s")
+    run_step(lab, "chess", name, fn, echo, report_skip=True)
 
 
 def _dataset(lab: Lab, r: ChessRecipe) -> None:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from app.recipes import run_step
 from workbench.lab import Lab
 
 
@@ -67,13 +68,8 @@ def build_default_lab(lab: Lab, echo: Callable[[str], None] = print,
         (r.topafa_sae, lambda: _saes(lab, r)),
     ]
     start = time.time()
-    for name, build in steps:
-        if lab.exists(name):
-            continue
-        echo(f"[demo] building {name} ...")
-        t0 = time.time()
-        build()
-        echo(f"[demo] {name} done in {time.time() - t0:.0f} s")
+    for name, build_step in steps:
+        run_step(lab, "demo", name, build_step, echo)
     for sae in (r.topk_sae, r.topafa_sae):
         _sae_reports(lab, r, sae, echo)
     _langfir(lab, r, echo)

@@ -20,10 +20,12 @@ also resumes from its work folder). Sized to finish in well under 40 minutes on 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from app.recipes import run_step
 from workbench.lab import Lab
 
 
@@ -129,13 +131,9 @@ def build_sparsity_law_lab(lab: Lab, echo: Callable[[str], None] = print,
     start = time.time()
     _corpus_and_tokenizer(lab, r, echo)
     shapes = r.model_shapes()
-    for name, act, n_layers, d_model in shapes:
-        if lab.exists(name):
-            continue
-        echo(f"[sparsity-law] training {name} ({act}, {n_layers} x {d_model}, gated MLP) ...")
-        t0 = time.time()
-        _train(lab, r, name, act, n_layers, d_model, progress)
-        echo(f"[sparsity-law] {name} done in {time.time() - t0:.0f} s")
+    for name, act, n_layers, d_model in shapes:  # gated-MLP models, named by act and shape
+        run_step(lab, "sparsity-law", name,
+                 functools.partial(_train, lab, r, name, act, n_layers, d_model, progress), echo)
     if not lab.exists(r.analysis):
         from workbench.analysis.sparsity_law import SparsityLawConfig, analyze_sparsity_law
 

@@ -90,7 +90,8 @@ class Setting:
 
 
 def choose_setting() -> Setting | None:
-    saes = [a.name for a in common.artifacts("sae")]
+    sae_arts = common.artifacts("sae")
+    saes = [a.name for a in sae_arts]
     if not saes:
         common.missing("No SAEs in the lab yet; the feature browser needs one.",
                        "Build the default lab", ["lab", "build", "default"], key="features")
@@ -100,7 +101,7 @@ def choose_setting() -> Setting | None:
     if params.get("sae") in saes:
         default = saes.index(params["sae"])
     else:  # the first SAE whose feature statistics exist (every panel has data), else the first
-        with_stats = [i for i, a in enumerate(common.artifacts("sae"))
+        with_stats = [i for i, a in enumerate(sae_arts)
                       if (a.path / "feature_stats.parquet").exists()]
         default = with_stats[0] if with_stats else 0
     name = cols[0].selectbox("SAE", saes, index=default, key="feature-sae")

@@ -18,6 +18,7 @@ import pyarrow as pa
 import torch
 
 from saes.features.source import IndexedActivations
+from workbench.models.token_text import readable_token
 
 
 @dataclass
@@ -82,7 +83,7 @@ def token_strings(tokenizer: Any, vocab_size: int) -> list[str]:
     become real characters); ids without a tokenizer are shown as '<id>'."""
     if tokenizer is None:
         return [f"<{i}>" for i in range(vocab_size)]
-    return [tokenizer.decode([i]) for i in range(vocab_size)]
+    return [readable_token(tokenizer, i) for i in range(vocab_size)]
 
 
 def _list_column(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:

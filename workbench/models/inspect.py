@@ -16,6 +16,7 @@ from transformer_lens import HookedTransformer
 
 from workbench.errors import InvalidInputError
 from workbench.models.hooks import validate_hook
+from workbench.models.token_text import readable_token
 
 MAX_TOKENS = 512
 
@@ -51,8 +52,9 @@ def tokenize(model: HookedTransformer, text: str) -> torch.Tensor:
 
 
 def token_strings(model: HookedTransformer, ids: list[int]) -> list[str]:
-    """Each token id decoded on its own (byte-level BPE markers become real characters)."""
-    return [model.tokenizer.decode([i]) for i in ids]
+    """Each token id decoded on its own (byte-level BPE markers become real characters; a
+    split-byte token shows as its hex bytes, e.g. '<0xE2>')."""
+    return [readable_token(model.tokenizer, i) for i in ids]
 
 
 def _units(acts: torch.Tensor, hook: str) -> tuple[torch.Tensor, str]:

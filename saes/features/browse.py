@@ -7,10 +7,10 @@ browser calls these; the stored tables come from `saes.feature_stats`).
     ranked = rank_on_text(text.codes, position=None)           # which features fire here
     effects = logit_effect_values(sae, model, feature=12)      # [V] all logit effects
     corr = correlated_features(sample_codes(sae, store), 12)   # most correlated features
-    pair = steer_generate(model, hook, direction, 4.0, "Der Hund", seed=0)
 
 Every function takes an SAE as a sae-lens object and a TransformerLens model, so lab SAEs,
-imported sae-lens SAEs and models named by the user all work.
+imported sae-lens SAEs and models named by the user all work. Steering with a feature lives in
+the `steering` package (`SteeringVector.from_feature`, `steering.generation.clamp_feature`).
 """
 
 from __future__ import annotations
@@ -235,47 +235,6 @@ def window_predictions(model: HookedTransformer, windows: list[list[int]], k: in
         out.append([[(model.tokenizer.decode([i]), float(p)) for i, p in zip(ri, rp)]
                     for ri, rp in zip(top.indices.tolist(), top.values.tolist())])
     return out
-
-
-# -- steering ----------------------------------------------------------------------------------
-def feature_direction(sae: Any, feature: int) -> torch.Tensor:
-    """The feature's decoder row W_dec[feature] [d_in]."""
-    _, h = sae_width(sae)
-    if not 0 <= feature < h:
-        raise InvalidInputError(f"feature {feature} does not exist; the SAE has {h} (0..{h - 1})")
-    return sae.W_dec[feature].detach().float()
-
-
-@dataclass
-class SteeredPair:
-    prompt: str
-    unsteered: str
-    steered: str
-    strength: float
-    seed: int
-
-
-@torch.no_grad()
-def steer_generate(model: HookedTransformer, hook: str, direction: torch.Tensor,
-                   strength: float, prompt: str, seed: int = 0, max_new_tokens: int = 30,
-                   temperature: float = 0.8) -> SteeredPair:
-    """Continue `prompt` twice with the same seed: as is, and with `strength * direction` added
-    at `hook` on every position (a plain TransformerLens forward hook)."""
-    from workbench.models.generation import generate_text
-
-    validate_hook(model, hook)
-    vector = (float(strength) * direction).to(model.W_U.device)
-    if vector.shape[-1] != model.cfg.d_model and hook.endswith(("resid_pre", "resid_post",
-                                                                "resid_mid")):
-        raise InvalidInputError(f"the direction has width {vector.shape[-1]}, not d_model")
-
-    def add(acts: torch.Tensor, hook=None) -> torch.Tensor:
-        return acts + vector
-
-    plain = generate_text(model, prompt, max_new_tokens, temperature, seed=seed)
-    with model.hooks(fwd_hooks=[(hook, add)]):
-        steered = generate_text(model, prompt, max_new_tokens, temperature, seed=seed)
-    return SteeredPair(prompt, plain, steered, float(strength), int(seed))
 
 
 def decoder_cosines(sae: Any, feature: int, k: int = 8) -> pd.DataFrame:

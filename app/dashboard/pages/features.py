@@ -59,12 +59,35 @@ def _correlated(root: str, sae_name: str, sae_stamp: float, acts_name: str, acts
     return browse.correlated_features(codes, feature)
 
 
+@st.cache_data(show_spinner="Measuring the residual norm ...", max_entries=16)
+def _resid_norm(model_spec: str, model_stamp: float, hook: str) -> float:
+    """Mean residual norm at `hook` on the lab corpus: the unit of steering strength."""
+    from steering.making import lab_resid_norm
+
+    return lab_resid_norm(common.lab(), common.model(model_spec), model_spec, hook)
+
+
 @st.cache_data(show_spinner="Generating ...", max_entries=64)
 def _steer(sae_name: str, sae_stamp: float, model_spec: str, model_stamp: float, hook: str,
-           feature: int, strength: float, prompt: str, seed: int, tokens: int):
-    direction = browse.feature_direction(common.sae(sae_name), feature)
-    return browse.steer_generate(common.model(model_spec), hook, direction, strength, prompt,
-                                 seed=seed, max_new_tokens=tokens)
+           feature: int, mode: str, amount: float, prompt: str, seed: int,
+           tokens: int) -> dict:
+    """Unsteered and steered continuations (same seed): mode "add" adds amount x resid_norm x
+    the unit decoder direction (a steering.vectors vector); "clamp" holds the feature's
+    activation at `amount` through the SAE splice."""
+    from steering.generation import GenerationConfig, clamp_feature, side_by_side
+    from steering.vectors import SteeringVector
+
+    sae, model = common.sae(sae_name), common.model(model_spec)
+    config = GenerationConfig(max_new_tokens=tokens, temperature=0.8, seed=seed)
+    if mode == "clamp":
+        row = side_by_side(model, [prompt], config=config,
+                           steer=lambda: clamp_feature(model, sae, feature, amount))[0]
+    else:
+        norm = _resid_norm(model_spec, model_stamp, hook)
+        vector = SteeringVector.from_feature(sae, feature, norm, source=sae_name,
+                                             model=model_spec, hook=hook)
+        row = side_by_side(model, [prompt], vector, strength=amount, config=config)[0]
+    return row
 
 
 # -- setting -------------------------------------------------------------------------------------
@@ -302,28 +325,36 @@ def test_text_section(s: Setting, feature: int, max_act: float) -> None:
 
 
 def steer_section(s: Setting, feature: int, max_act: float) -> None:
-    st.caption("Adds strength x the feature's decoder direction at the SAE's hook on every "
-               "position (a TransformerLens hook) and generates with the same seed as the "
-               "unsteered text. Strength is in units of the feature's maximum activation.")
-    cols = st.columns([3, 2, 1, 1])
+    st.caption("Add: strength x resid_norm (the mean residual norm at the SAE's hook on the lab "
+               "corpus) x the feature's unit decoder direction on every position, the same units "
+               "as `workbench steer` and stored steering vectors. Clamp: hold the feature's "
+               "activation at a value through the SAE splice (error term kept). Both "
+               "continuations use the same seed.")
+    cols = st.columns([3, 1, 2, 1, 1])
     prompt = cols[0].text_input("Prompt", "Der Hund", key="steer-prompt")
-    strength = cols[1].slider("Strength (x max activation)", -10.0, 10.0, 4.0, 0.5,
-                              key="steer-strength")
-    seed = cols[2].number_input("Seed", 0, 10_000, 0, key="steer-seed")
-    tokens = cols[3].number_input("Tokens", 1, 100, 25, key="steer-tokens")
+    mode = cols[1].radio("Mode", ["add", "clamp"], horizontal=True, key="steer-mode")
+    if mode == "clamp":
+        top = float(max(max_act, 1.0))
+        amount = cols[2].slider("Clamp activation to", 0.0, 4 * top, 2 * top, top / 20,
+                                key="steer-clamp")
+    else:
+        amount = cols[2].slider("Strength (x resid_norm)", -10.0, 10.0, 2.0, 0.25,
+                                key="steer-strength")
+    seed = cols[3].number_input("Seed", 0, 10_000, 0, key="steer-seed")
+    tokens = cols[4].number_input("Tokens", 1, 100, 25, key="steer-tokens")
     if st.button("Generate", key="steer-run", type="primary"):
         st.session_state["steer-ran"] = True
     if not st.session_state.get("steer-ran"):
         return
     with common.guarded("steering"):
-        scale = strength * (max_act if max_act > 0 else 1.0)
-        pair = _steer(s.name, s.sae_stamp, s.model, s.model_stamp, s.hook, feature, scale,
-                      prompt, int(seed), int(tokens))
+        row = _steer(s.name, s.sae_stamp, s.model, s.model_stamp, s.hook, feature, mode,
+                     float(amount), prompt, int(seed), int(tokens))
         left, right = st.columns(2)
         left.markdown("**Unsteered**")
-        left.code(pair.unsteered, language=None, wrap_lines=True)
-        right.markdown(f"**Steered** (feature {feature}, strength {strength:+g})")
-        right.code(pair.steered, language=None, wrap_lines=True)
+        left.code(prompt + row["unsteered"], language=None, wrap_lines=True)
+        what = f"clamped to {amount:.3g}" if mode == "clamp" else f"strength {amount:+g}"
+        right.markdown(f"**Steered** (feature {feature}, {what})")
+        right.code(prompt + row["steered"], language=None, wrap_lines=True)
 
 
 def feature_section(s: Setting) -> None:

@@ -4,6 +4,7 @@ tokens are written)."""
 
 from __future__ import annotations
 
+import codecs
 from functools import lru_cache
 from typing import Any
 
@@ -11,32 +12,23 @@ from typing import Any
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
     """GPT-2 byte-level BPE: printable stand-in character -> byte value."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = list(keep), 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(keep, chars)}
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def _hex_bytes(err: UnicodeDecodeError) -> tuple[str, int]:
+    """Codec error handler: each undecodable byte as `<0xNN>`."""
+    bad = err.object[err.start:err.end]
+    return "".join(f"<0x{b:02X}>" for b in bad), err.end
+
+
+codecs.register_error("workbench-hex-bytes", _hex_bytes)
 
 
 def bytes_text(raw: bytes) -> str:
     """`raw` as UTF-8 where it is valid, each invalid byte as `<0xNN>`."""
-    out, i = [], 0
-    while i < len(raw):
-        for width in (1, 2, 3, 4):
-            try:
-                out.append(raw[i:i + width].decode("utf-8"))
-                i += width
-                break
-            except UnicodeDecodeError:
-                continue
-        else:
-            out.append(f"<0x{raw[i]:02X}>")
-            i += 1
-    return "".join(out)
+    return raw.decode("utf-8", errors="workbench-hex-bytes")
 
 
 def readable_token(tokenizer: Any, token_id: int) -> str:

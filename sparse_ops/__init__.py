@@ -12,10 +12,13 @@ Public API (stable names):
   rows unsorted; ``keep_preactivations=True`` also returns the cpu backend's pre-activations)
 * ``topk_encode_among(x, W_enc, b_enc, k, columns, backend="auto", preactivations=None)
   -> (values, latent ids)``: the top k among some latents (AuxK's dead ones)
-* ``sparse_decode(values, indices, W_dec, b_dec, backend="auto") -> x_hat``
-* ``topafa_select(values, indices, dec_norms, z_norm) -> (values_masked, k_per_row)``
-* ``topafa_encode(z, W_enc, b_enc, k_max, dec_norms, backend="auto")
-  -> (values_masked, indices, k_per_row)``
+* ``sparse_decode(values, indices, W_dec, b_dec, backend="auto", lengths=None) -> x_hat``
+  (``lengths``: a ragged code, row t holding its first lengths[t] pairs)
+* ``topafa_select(values, indices, dec_norms, z_norm) -> (values_masked, k_per_row)``: the rule
+  (given every latent as candidates, its full-sort definition)
+* ``topafa_encode(z, W_enc, b_enc, dec_norms, backend="auto", width=64) -> TopAFACode``
+  (values, indices, lengths, k: each token's kept latents as a ragged code);
+  ``topafa_dense(code, latents)``
 * ``block_sparse_attention(q, k, v, block_index, block_size, backend="auto")
   -> (out, computed_fraction)``
 * ``blasst_attention(q, k, v, threshold, block_size, backend="auto") -> (out, computed_fraction)``
@@ -50,6 +53,8 @@ from sparse_ops.dispatch import (
     triton_available,
 )
 from sparse_ops.encode import (
+    TopAFACode,
+    topafa_dense,
     topafa_encode,
     topafa_select,
     topk_encode,
@@ -73,6 +78,8 @@ __all__ = [
     "resolve_backend",
     "sparse_decode",
     "sparse_decode_reference",
+    "TopAFACode",
+    "topafa_dense",
     "topafa_encode",
     "topafa_select",
     "topk_block_index",

@@ -15,7 +15,18 @@
  *                 the same read of G[n].
  *                 Tokens are visited in order, so each G row is read once from memory and
  *                 stays in L1 for its K pairs; each thread owns a range of latents (rows of
- *                 out), so the accumulation needs no locks and no sort of the pairs.
+ *                 out), so the accumulation needs no locks and no sort of the pairs. With
+ *                 `lens`, row n has only its first lens[n] pairs (a ragged code stored padded).
+ * wb_gather_rows  out[n] = sum_{j < lens[n]} vals[n, j] * W[idx[n, j]] (+ bias): a ragged
+ *                 code's decode (or the encode's input gradient), rows split over threads.
+ * wb_topafa_rows  top-AFA's k(x) per row of pre [n, L] over the whole dictionary, the full-sort
+ *                 rule of sparse_ops.encode.topafa_select (s = (relu(pre) * norm)^2 sorted
+ *                 descending, ties to the lower latent id; C_j = float(double cumulative
+ *                 sum); the last C_L replaced by 1e8; k = first argmin_j |sqrt(C_j) - ||z|||),
+ *                 without sorting the row: the largest s values are moved to the front in
+ *                 doubling batches until their sum reaches ||z||^2, and only that front is
+ *                 sorted. Writes k, the number of kept positive latents, and their ids and
+ *                 activations in kept order.
  */
 
 #include <math.h>
@@ -350,7 +361,7 @@ int wb_topk_rows(const float *pre, int64_t n, int64_t row_stride, int64_t L, con
 
 typedef struct {
     const float *vals, *G, *W;
-    const int64_t *idx;
+    const int64_t *idx, *lens;
     int64_t n, K, L, D;
     float *out, *bias, *grad_vals;
     int bad_index; /* set by the part owning latent 0 when an index lies outside [0, L) */
@@ -376,7 +387,8 @@ static void pairs_range(void *arg, int64_t l0, int64_t l1) {
     for (int64_t n = 0; n < job->n; n++) {
         const float *restrict g = job->G + n * D;
         const int64_t *ids = job->idx + n * K;
-        for (int64_t j = 0; j < K; j++) {
+        int64_t row_len = job->lens ? job->lens[n] : K;
+        for (int64_t j = 0; j < row_len; j++) {
             int64_t l = ids[j];
             if (l < l0 || l >= l1) {
                 if (l0 == 0 && (l < 0 || l >= job->L)) job->bad_index = 1;
@@ -393,16 +405,196 @@ static void pairs_range(void *arg, int64_t l0, int64_t l1) {
     }
 }
 
-/* vals, idx [n, K] (idx in [0, L)), G [n, D]; out [L, D] or NULL, bias [L] or NULL; with W
- * [L, D], grad_vals [n, K]. Returns 0, or -1 when an index is outside [0, L) (outputs are then
- * incomplete). */
-int wb_pair_sums(const float *vals, const int64_t *idx, const float *G, const float *W,
-                 int64_t n, int64_t K, int64_t L, int64_t D, float *out, float *bias,
-                 float *grad_vals, int n_threads) {
-    pairs_job job = {vals, G, W, idx, n, K, L, D, out, bias, W ? grad_vals : NULL, 0};
+/* vals, idx [n, K] (idx in [0, L)), G [n, D]; lens [n] (each <= K) or NULL; out [L, D] or
+ * NULL, bias [L] or NULL; with W [L, D], grad_vals [n, K] (entries past a row's length are not
+ * written). Returns 0, or -1 when an index is outside [0, L) (outputs are then incomplete). */
+int wb_pair_sums(const float *vals, const int64_t *idx, const int64_t *lens, const float *G,
+                 const float *W, int64_t n, int64_t K, int64_t L, int64_t D, float *out,
+                 float *bias, float *grad_vals, int n_threads) {
+    pairs_job job = {vals, G, W, idx, lens, n, K, L, D, out, bias, W ? grad_vals : NULL, 0};
     int parts = clamp_threads(n_threads, L);
     int64_t bounds[MAX_THREADS + 1];
     even_bounds(L, parts, bounds);
     parallel_ranges(pairs_range, &job, bounds, parts);
+    return job.bad_index ? -1 : 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * top-AFA: each row's own k(x) */
+
+typedef struct {
+    float s;
+    int64_t id;
+} scored;
+
+static int by_score(const void *a, const void *b) { /* s descending, then id ascending */
+    const scored *x = (const scored *)a, *y = (const scored *)b;
+    if (x->s != y->s) return x->s > y->s ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+#define TOPAFA_GUARD 1e8f /* C_L's stand-in when the candidates are the whole dictionary */
+
+/* The rule on the first j sorted scores f[0:j] of a row with L latents: returns k, or 0 when
+ * the front does not settle it (no C_j within it reaches ||z|| and more positive scores exist).
+ * all_in: f holds every positive score of the row (the rest are 0). */
+static int64_t topafa_cut(const scored *f, int64_t j, int64_t L, float zn, int all_in) {
+    double acc = 0.0;
+    float best = INFINITY;
+    int64_t k = 0, crossed = 0;
+    for (int64_t i = 0; i < j; i++) {
+        acc += f[i].s;
+        float c = (i + 1 == L) ? TOPAFA_GUARD : (float)acc;
+        float d = sqrtf(c) - zn;
+        float gap = fabsf(d);
+        if (gap < best) {
+            best = gap;
+            k = i + 1;
+        }
+        if (d >= 0.0f) { /* from here on the gaps only grow (C is non-decreasing) */
+            crossed = 1;
+            break;
+        }
+    }
+    if (!crossed && !all_in) return 0;
+    if (j == 0) { /* an all-zero row: every C_j < L is 0 */
+        best = zn;
+        k = 1;
+    }
+    /* positions past the front repeat C_j (zeros) up to L - 1; the guard sits at L */
+    if (k < L && (crossed ? 1 : j < L) && fabsf(sqrtf(TOPAFA_GUARD) - zn) < best) k = L;
+    return k;
+}
+
+typedef struct {
+    const float *pre, *norms, *zn;
+    int64_t n, L, cap;
+    int64_t *k_out, *len_out, *ids;
+    float *vals;
+    int failed;
+} topafa_job;
+
+static void topafa_range(void *arg, int64_t row_begin, int64_t row_end) {
+    topafa_job *job = (topafa_job *)arg;
+    int64_t L = job->L;
+    float *s = malloc((size_t)L * sizeof(float));
+    int64_t *id = malloc((size_t)L * sizeof(int64_t));
+    scored *front = malloc((size_t)L * sizeof(scored));
+    if (!s || !id || !front) {
+        job->failed = 1;
+        free(s), free(id), free(front);
+        return;
+    }
+    int64_t guess = 64;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const float *row = job->pre + r * L;
+        float zn = job->zn[r];
+        int64_t m = 0;
+        for (int64_t l = 0; l < L; l++) {
+            float a = row[l];
+            if (a > 0.0f) {
+                float t = a * job->norms[l];
+                s[m] = t * t;
+                id[m++] = l;
+            }
+        }
+        double target = (double)zn * (double)zn, sum = 0.0;
+        int64_t done = 0, j = guess < m ? guess : m, k = 0;
+        for (;;) {
+            select_top(s + done, id + done, m - done, j - done);
+            for (int64_t i = done; i < j; i++) sum += s[i];
+            done = j;
+            if (sum < target && j < m) { /* the front cannot reach ||z|| yet */
+                j = 2 * j < m ? 2 * j : m;
+                continue;
+            }
+            for (int64_t i = 0; i < j; i++) front[i] = (scored){s[i], id[i]};
+            qsort(front, (size_t)j, sizeof(scored), by_score);
+            k = topafa_cut(front, j, L, zn, j == m);
+            /* settled when the front holds every positive score, or when the cut stops before
+             * the front's smallest score (a latent outside the front may tie that one, and its
+             * lower id would win); else take a larger front */
+            if (j == m || (k > 0 && k < j && front[k - 1].s != front[j - 1].s)) break;
+            j = 2 * j < m ? 2 * j : m;
+        }
+        int64_t kept = k < m ? k : m;
+        job->k_out[r] = k;
+        job->len_out[r] = kept;
+        if (kept > job->cap) {
+            job->failed = 2;
+            continue;
+        }
+        for (int64_t i = 0; i < kept; i++) {
+            job->ids[r * job->cap + i] = front[i].id;
+            job->vals[r * job->cap + i] = row[front[i].id];
+        }
+        int64_t next = 2 * kept + 16;  /* the next row's first batch: about twice this k */
+        guess = next < 64 ? 64 : next;
+    }
+    free(s), free(id), free(front);
+}
+
+/* pre [n, L] (row stride L), norms [L], zn [n] -> k_out [n], len_out [n] (kept positive
+ * latents, <= cap), ids [n, cap], vals [n, cap] (row r's first len_out[r] entries written, in
+ * kept order). Returns 0, -1 on bad arguments, -2 when out of memory, -3 when a row keeps more
+ * than cap latents. */
+int wb_topafa_rows(const float *pre, const float *norms, const float *zn, int64_t n, int64_t L,
+                   int64_t cap, int64_t *k_out, int64_t *len_out, int64_t *ids, float *vals,
+                   int n_threads) {
+    if (n < 0 || L < 1 || cap < 0) return -1;
+    if (n == 0) return 0;
+    topafa_job job = {pre, norms, zn, n, L, cap, k_out, len_out, ids, vals, 0};
+    int parts = clamp_threads(n_threads, n);
+    int64_t bounds[MAX_THREADS + 1];
+    even_bounds(n, parts, bounds);
+    parallel_ranges(topafa_range, &job, bounds, parts);
+    return job.failed == 1 ? -2 : (job.failed == 2 ? -3 : 0);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * ragged gather-sum */
+
+typedef struct {
+    const float *vals, *W, *bias;
+    const int64_t *idx, *lens;
+    int64_t K, L, D;
+    float *out;
+    int bad_index;
+} gather_job;
+
+static void gather_range(void *arg, int64_t row_begin, int64_t row_end) {
+    gather_job *job = (gather_job *)arg;
+    int64_t D = job->D, K = job->K;
+    for (int64_t n = row_begin; n < row_end; n++) {
+        float *restrict o = job->out + n * D;
+        if (job->bias)
+            memcpy(o, job->bias, (size_t)D * sizeof(float));
+        else
+            memset(o, 0, (size_t)D * sizeof(float));
+        int64_t row_len = job->lens ? job->lens[n] : K;
+        for (int64_t j = 0; j < row_len; j++) {
+            int64_t l = job->idx[n * K + j];
+            if (l < 0 || l >= job->L) {
+                job->bad_index = 1;
+                continue;
+            }
+            float v = job->vals[n * K + j];
+            const float *restrict w = job->W + l * D;
+            for (int64_t d = 0; d < D; d++) o[d] += v * w[d];
+        }
+    }
+}
+
+/* vals, idx [n, K], lens [n] or NULL, W [L, D], bias [D] or NULL -> out [n, D]. Returns 0, or -1
+ * when an index is outside [0, L). */
+int wb_gather_rows(const float *vals, const int64_t *idx, const int64_t *lens, const float *W,
+                   const float *bias, int64_t n, int64_t K, int64_t L, int64_t D, float *out,
+                   int n_threads) {
+    if (n == 0) return 0;
+    gather_job job = {vals, W, bias, idx, lens, K, L, D, out, 0};
+    int parts = clamp_threads(n_threads, n);
+    int64_t bounds[MAX_THREADS + 1];
+    even_bounds(n, parts, bounds);
+    parallel_ranges(gather_range, &job, bounds, parts);
     return job.bad_index ? -1 : 0;
 }

@@ -87,8 +87,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.wb_topk_rows.argtypes = [p, i64, i64, i64, p, i64, i64, p, p, ctypes.c_int]
     lib.wb_topk_rows.restype = ctypes.c_int
-    lib.wb_pair_sums.argtypes = [p, p, p, p, i64, i64, i64, i64, p, p, p, ctypes.c_int]
+    lib.wb_pair_sums.argtypes = [p, p, p, p, p, i64, i64, i64, i64, p, p, p, ctypes.c_int]
     lib.wb_pair_sums.restype = ctypes.c_int
+    lib.wb_topafa_rows.argtypes = [p, p, p, i64, i64, i64, p, p, p, p, ctypes.c_int]
+    lib.wb_topafa_rows.restype = ctypes.c_int
+    lib.wb_gather_rows.argtypes = [p, p, p, p, p, i64, i64, i64, i64, p, ctypes.c_int]
+    lib.wb_gather_rows.restype = ctypes.c_int
     return lib
 
 
@@ -137,23 +141,79 @@ def topk_rows(pre: torch.Tensor, k: int, columns: torch.Tensor | None = None
 
 
 def pair_sums(vals: torch.Tensor, idx: torch.Tensor, G: torch.Tensor, rows: int,
-              with_bias: bool = False, W: torch.Tensor | None = None
+              with_bias: bool = False, W: torch.Tensor | None = None,
+              lengths: torch.Tensor | None = None,
               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Over the (token n, latent l = idx[n, j]) pairs of a sparse code vals, idx [n, K]:
     out[l] = sum vals[n, j] * G[n] -> [rows, d] (G [n, d]); bias[l] = sum vals[n, j] -> [rows]
-    when with_bias; with W [rows, d] also grad_vals[n, j] = <G[n], W[l]> -> [n, K]. All float32."""
+    when with_bias; with W [rows, d] also grad_vals[n, j] = <G[n], W[l]> -> [n, K]. All float32.
+    lengths [n] int64 (each <= K): row n has only its first lengths[n] pairs (a ragged code
+    stored padded); the others cost nothing and get grad_vals 0."""
     vals, idx, G = vals.contiguous(), idx.to(torch.int64).contiguous(), G.contiguous()
     out = torch.empty(rows, G.shape[1], dtype=torch.float32)
     bias = torch.empty(rows, dtype=torch.float32) if with_bias else None
-    grad_vals = torch.empty_like(vals) if W is not None else None
+    grad_vals = None
     if W is not None:
         W = W.contiguous()
+        grad_vals = torch.empty_like(vals) if lengths is None else torch.zeros_like(vals)
+    if lengths is not None:
+        lengths = lengths.to(torch.int64).contiguous()
     rc = library().wb_pair_sums(  # type: ignore[union-attr]
-        vals.data_ptr(), idx.data_ptr(), G.data_ptr(), _ptr(W), idx.shape[0], idx.shape[1], rows,
-        G.shape[1], out.data_ptr(), _ptr(bias), _ptr(grad_vals), torch.get_num_threads())
+        vals.data_ptr(), idx.data_ptr(), _ptr(lengths), G.data_ptr(), _ptr(W), idx.shape[0],
+        idx.shape[1], rows, G.shape[1], out.data_ptr(), _ptr(bias), _ptr(grad_vals),
+        torch.get_num_threads())
     if rc != 0:
         raise ValueError(f"latent ids outside [0, {rows})")
     return out, bias, grad_vals
+
+
+def gather_rows(vals: torch.Tensor, idx: torch.Tensor, W: torch.Tensor,
+                bias: torch.Tensor | None = None, lengths: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """out[n] = sum_{j < lengths[n]} vals[n, j] * W[idx[n, j]] (+ bias) -> [n, d] float32 (all
+    K pairs without lengths): a ragged code's decode, costing its kept pairs only."""
+    vals, idx, W = vals.contiguous(), idx.to(torch.int64).contiguous(), W.contiguous()
+    if lengths is not None:
+        lengths = lengths.to(torch.int64).contiguous()
+    if bias is not None:
+        bias = bias.float().contiguous()
+    out = torch.empty(idx.shape[0], W.shape[1], dtype=torch.float32)
+    rc = library().wb_gather_rows(  # type: ignore[union-attr]
+        vals.data_ptr(), idx.data_ptr(), _ptr(lengths), W.data_ptr(), _ptr(bias), idx.shape[0],
+        idx.shape[1], W.shape[0], W.shape[1], out.data_ptr(), torch.get_num_threads())
+    if rc != 0:
+        raise ValueError(f"latent ids outside [0, {W.shape[0]})")
+    return out
+
+
+def topafa_rows(pre: torch.Tensor, dec_norms: torch.Tensor, z_norm: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """top-AFA's cut of every row of pre [n, L] over the whole dictionary (the full-sort rule of
+    sparse_ops.encode.topafa_select, without sorting the rows).
+
+    dec_norms [L], z_norm [n] float32. Returns k [n] int64 (the rule's k(x)), lengths [n] int64
+    (the kept latents with a positive activation, <= k), and ids [n, K] int64 with their
+    activations vals [n, K] float32 (K = max(lengths), kept order: s descending, ties to the
+    lower id; zero past a row's length). Requires usable_rows(pre) and a contiguous pre."""
+    n, L = pre.shape
+    if not pre.is_contiguous():
+        raise ValueError("topafa_rows needs a contiguous [n, L] pre-activation matrix")
+    dec_norms = dec_norms.float().contiguous()
+    z_norm = z_norm.float().contiguous()
+    k = torch.empty(n, dtype=torch.int64)
+    lengths = torch.empty(n, dtype=torch.int64)
+    ids_ws = _workspace(n, L, k, "topafa_ids")
+    vals_ws = _workspace(n, L, pre, "topafa_vals")
+    rc = library().wb_topafa_rows(  # type: ignore[union-attr]
+        pre.data_ptr(), dec_norms.data_ptr(), z_norm.data_ptr(), n, L, L, k.data_ptr(),
+        lengths.data_ptr(), ids_ws.data_ptr(), vals_ws.data_ptr(), torch.get_num_threads())
+    if rc != 0:
+        raise ValueError(f"native top-AFA cut failed (code {rc})")
+    width = int(lengths.max()) if n else 0
+    pad = torch.arange(width)[None, :] >= lengths[:, None]
+    ids = ids_ws[:, :width].masked_fill(pad, 0)
+    vals = vals_ws[:, :width].masked_fill(pad, 0.0)
+    return k, lengths, ids, vals
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,6 +12,12 @@ On the native CPU backend (``backend="cpu"``) the weight gradient is summed in t
 instead, each thread owning a range of latents (``cpu_native.pair_sums``, no sort), and
 dL/dvalues comes from the same pass.
 
+Ragged codes (top-AFA keeps its own k(x) per token): ``lengths`` [tokens] says that row t holds
+only its first lengths[t] pairs; the rest of the [tokens, K] rectangle is padding that adds
+nothing and gets no gradient. The cpu and torch paths then cost the kept pairs only (ragged
+``embedding_bag`` forward, ``pair_sums`` over each row's length); the triton path zeroes the
+padding and runs the rectangle.
+
 The three sparse primitives below (``gather_sum``, ``gather_dot``, ``segment_sum``) are also the
 building blocks of the fused encoder's backward pass (``sparse_ops/encode.py``); each takes the
 backend ``"torch"``, ``"cpu"`` or ``"triton"``.
@@ -60,6 +66,15 @@ def sparse_decode_reference(
 # sparse primitives, each with a PyTorch and a Triton implementation
 
 
+def padding_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """bool [tokens, width]: True at the kept pairs of a ragged code (j < lengths[t])."""
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def _zero_padding(vals: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    return vals if lengths is None else vals * padding_mask(lengths, vals.shape[1]).to(vals.dtype)
+
+
 def gather_sum(
     vals: torch.Tensor,
     idx: torch.Tensor,
@@ -67,16 +82,27 @@ def gather_sum(
     bias: torch.Tensor | None,
     backend: str,
     out_dtype: torch.dtype | None = None,
+    lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """out[t] = sum_j vals[t, j] * W[idx[t, j]] (+ bias): [T, k] x [L, D] -> [T, D]."""
+    """out[t] = sum_j vals[t, j] * W[idx[t, j]] (+ bias): [T, k] x [L, D] -> [T, D]; with
+    lengths [T], j < lengths[t] only."""
     out_dtype = out_dtype or W.dtype
+    if backend == "cpu" and lengths is not None and cpu_native.usable(vals, W, bias):
+        return cpu_native.gather_rows(vals, idx, W, bias, lengths).to(out_dtype)
     if backend in ("torch", "cpu"):  # embedding_bag is ATen's own CPU kernel
-        out = F.embedding_bag(idx.long(), W.float(), per_sample_weights=vals.float(), mode="sum")
+        if lengths is None:
+            out = F.embedding_bag(idx.long(), W.float(), per_sample_weights=vals.float(),
+                                  mode="sum")
+        else:  # the kept pairs as one flat bag per row
+            keep = padding_mask(lengths, idx.shape[1])
+            offsets = torch.cumsum(lengths, 0) - lengths
+            out = F.embedding_bag(idx[keep].long(), W.float(), offsets,
+                                  per_sample_weights=vals[keep].float(), mode="sum")
         if bias is not None:
             out = out + bias.float()
         return out.to(out_dtype)
     kernels = load_kernels("decode_kernels")
-    vals, idx, W = vals.contiguous(), idx.contiguous(), W.contiguous()
+    vals, idx, W = _zero_padding(vals, lengths).contiguous(), idx.contiguous(), W.contiguous()
     n_rows, k = idx.shape
     d = W.shape[1]
     out = torch.empty((n_rows, d), device=W.device, dtype=out_dtype)
@@ -126,18 +152,22 @@ def segment_sum(
     backend: str,
     out_dtype: torch.dtype,
     with_bias: bool = False,
+    lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scatter-add per latent: out[l] = sum_{(t, j): idx[t, j] = l} vals[t, j] * G[t].
 
-    vals, idx [T, k]; G [T, D] -> (out [L, D] in out_dtype, bias_out [L] fp32 = sum of vals per
-    latent, or None). The torch and triton backends sort the pairs by latent first (no atomics
-    on hot rows); the cpu backend sums in token order with a range of latents per thread.
+    vals, idx [T, k]; G [T, D]; lengths [T] or None (j < lengths[t] only) -> (out [L, D] in
+    out_dtype, bias_out [L] fp32 = sum of vals per latent, or None). The torch and triton
+    backends sort the pairs by latent first (no atomics on hot rows); the cpu backend sums in
+    token order with a range of latents per thread.
     """
     if backend == "cpu" and cpu_native.usable(vals, G):
-        out, bias_out, _ = cpu_native.pair_sums(vals, idx, G, n_latents, with_bias)
+        out, bias_out, _ = cpu_native.pair_sums(vals, idx, G, n_latents, with_bias,
+                                                lengths=lengths)
         return out.to(out_dtype), bias_out
     if backend == "cpu":
         backend = "torch"
+    vals = _zero_padding(vals, lengths)
     n_rows, k = idx.shape
     d = G.shape[1]
     flat_idx = idx.reshape(-1).long()
@@ -196,32 +226,36 @@ class SparseDecodeFunction(torch.autograd.Function):
     """Autograd for sparse decode on either backend (gradients for values, W_dec and b_dec)."""
 
     @staticmethod
-    def forward(ctx, values, indices, W_dec, b_dec, backend):  # type: ignore[override]
+    def forward(ctx, values, indices, W_dec, b_dec, backend, lengths=None):  # type: ignore[override]
         ctx.backend = backend
+        ctx.lengths = lengths
         ctx.save_for_backward(values, indices, W_dec)
         ctx.has_bias = b_dec is not None
-        return gather_sum(values, indices, W_dec, b_dec, backend)
+        return gather_sum(values, indices, W_dec, b_dec, backend, lengths=lengths)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         values, indices, W_dec = ctx.saved_tensors
+        lengths = ctx.lengths
         grad_values = grad_W = grad_b = None
         want_values, want_W = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
         if ctx.backend == "cpu" and (want_values or want_W):
             # one native pass: dL/dW_dec and dL/dvalues from the same read of grad_out
             grad_W, _, grad_values = cpu_native.pair_sums(
-                values, indices, grad_out, W_dec.shape[0], W=W_dec if want_values else None)
+                values, indices, grad_out, W_dec.shape[0], W=W_dec if want_values else None,
+                lengths=lengths)
             want_values = want_W = False
             grad_W = grad_W if ctx.needs_input_grad[2] else None
         if want_values:
-            grad_values = gather_dot(grad_out, indices, W_dec, ctx.backend).to(values.dtype)
+            grad_values = _zero_padding(gather_dot(grad_out, indices, W_dec, ctx.backend),
+                                        lengths).to(values.dtype)
         if want_W:
             grad_W, _ = segment_sum(
-                values, indices, grad_out, W_dec.shape[0], ctx.backend, W_dec.dtype
-            )
+                values, indices, grad_out, W_dec.shape[0], ctx.backend, W_dec.dtype,
+                lengths=lengths)
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_b = grad_out.float().sum(0).to(W_dec.dtype)
-        return grad_values, None, grad_W, grad_b, None
+        return grad_values, None, grad_W, grad_b, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,9 +263,12 @@ class SparseDecodeFunction(torch.autograd.Function):
 
 
 def check_decode_inputs(
-    values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None
+    values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None,
+    lengths: torch.Tensor | None = None,
 ) -> None:
     """Validate sparse_decode's inputs; raises SparseOpsInputError naming the problem and fix."""
+    if lengths is not None:
+        check_lengths(lengths, values)
     check_tensor("values", values, ndim=2)
     check_tensor("W_dec", W_dec, ndim=2)
     check_same_device(values=values, indices=indices, W_dec=W_dec, b_dec=b_dec)
@@ -259,12 +296,27 @@ def check_decode_inputs(
         )
 
 
+def check_lengths(lengths: torch.Tensor, values: torch.Tensor) -> None:
+    """lengths must be int64 [tokens] with 0 <= lengths[t] <= values.shape[1]."""
+    check_tensor("lengths", lengths, ndim=1, dtypes=(torch.int64,))
+    require(lengths.device == values.device,
+            f"lengths is on {lengths.device} but values on {values.device}; move them together")
+    require(lengths.shape[0] == values.shape[0],
+            f"lengths has {lengths.shape[0]} entries but values has {values.shape[0]} rows")
+    if lengths.numel():
+        low, high = int(lengths.min()), int(lengths.max())
+        require(low >= 0 and high <= values.shape[1],
+                f"lengths must lie in [0, {values.shape[1]}] (the code's width), got "
+                f"[{low}, {high}]")
+
+
 def sparse_decode(
     values: torch.Tensor,
     indices: torch.Tensor,
     W_dec: torch.Tensor,
     b_dec: torch.Tensor | None,
     backend: str = "auto",
+    lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sparse SAE decode ``x_hat[t] = sum_j values[t, j] * W_dec[indices[t, j]] + b_dec``.
 
@@ -274,14 +326,16 @@ def sparse_decode(
         W_dec: [latents, d_in] decoder rows.
         b_dec: [d_in] or None.
         backend: one of sparse_ops.dispatch.BACKENDS ("auto" picks, see there).
+        lengths: [tokens] int64 or None: a ragged code, row t holding its first lengths[t]
+            pairs (the rest is ignored and gets gradient 0).
 
     Returns:
         x_hat [tokens, d_in] in W_dec's dtype; differentiable w.r.t. values, W_dec and b_dec.
     """
-    check_decode_inputs(values, indices, W_dec, b_dec)
+    check_decode_inputs(values, indices, W_dec, b_dec, lengths)
     chosen = resolve_backend(backend, W_dec.device)
     if values.shape[0] == 0:
         chosen = "torch"  # nothing to launch
     if chosen == "cpu" and not cpu_native.usable(values, W_dec, b_dec):
         chosen = "torch"  # the native code reads float32 only
-    return SparseDecodeFunction.apply(values, indices, W_dec, b_dec, chosen)
+    return SparseDecodeFunction.apply(values, indices, W_dec, b_dec, chosen, lengths)

@@ -25,16 +25,23 @@ Backward (every backend) touches only the selected latents:
     dL/dW_enc  = per latent, sum of g * x over its tokens   (sparse_ops.decode.segment_sum)
     dL/db_enc  = per latent, sum of g                       (same pass)
 
-top-AFA (per-token k by norm matching): :func:`topafa_select` cuts a top-K_max candidate set per row at its
-own k(x); :func:`topafa_encode` runs the fused encode and the cut.
+top-AFA (per-token k by norm matching): :func:`topafa_select` cuts a top-K_max candidate set per
+row at its own k(x) (given every latent as candidates it is the full-sort definition of the rule);
+:func:`topafa_encode` returns each token's kept latents as a ragged code (:class:`TopAFACode`,
+stored padded with per-row lengths), so the decode and both backward passes cost each token its
+own k(x), not the batch's largest. On the cpu backend the cut runs natively over the whole
+dictionary (``cpu_native.topafa_rows``: no candidate width, no redo); elsewhere from a top-K_max
+candidate set, widened and redone until no row keeps all of it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from sparse_ops import cpu_native
-from sparse_ops.decode import gather_sum, segment_sum, triton_cdiv
+from sparse_ops.decode import gather_sum, padding_mask, segment_sum, triton_cdiv
 from sparse_ops.dispatch import (
     check_same_device,
     check_same_dtype,
@@ -228,20 +235,46 @@ class TopKEncodeFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values, _grad_indices):  # type: ignore[override]
-        x, W_enc, values, indices = ctx.saved_tensors
-        g = (grad_values.float() * (values > 0)).contiguous()  # dL/dpre at the selected latents
-        grad_x = grad_W = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = gather_sum(g, indices, W_enc, None, ctx.backend, out_dtype=x.dtype)
-        want_w = ctx.needs_input_grad[1]
-        want_b = ctx.has_bias and ctx.needs_input_grad[2]
-        if want_w or want_b:
-            grad_W, grad_b = segment_sum(
-                g, indices, x, W_enc.shape[0], ctx.backend, W_enc.dtype, with_bias=want_b
-            )
-            grad_W = grad_W if want_w else None
-            grad_b = grad_b.to(W_enc.dtype) if want_b else None
+        grad_x, grad_W, grad_b = _encode_backward(ctx, grad_values, None)
         return grad_x, grad_W, grad_b, None, None, None, None, None, None
+
+
+class EncodeAtFunction(torch.autograd.Function):
+    """values = ReLU pre-activations already read at chosen latents (a ragged code with
+    lengths), differentiable w.r.t. x, W_enc and b_enc like the fused encode: backward touches
+    only each row's first lengths[t] latents."""
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, values, indices, lengths, backend):  # type: ignore[override]
+        ctx.backend = backend
+        ctx.has_bias = b_enc is not None
+        ctx.lengths = lengths
+        ctx.save_for_backward(x, W_enc, values, indices)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad_values):  # type: ignore[override]
+        grad_x, grad_W, grad_b = _encode_backward(ctx, grad_values, ctx.lengths)
+        return grad_x, grad_W, grad_b, None, None, None, None
+
+
+def _encode_backward(ctx, grad_values, lengths):
+    """dL/dx, dL/dW_enc, dL/db_enc of a sparse encode from dL/dvalues (see the module doc)."""
+    x, W_enc, values, indices = ctx.saved_tensors
+    g = (grad_values.float() * (values > 0)).contiguous()  # dL/dpre at the selected latents
+    grad_x = grad_W = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = gather_sum(g, indices, W_enc, None, ctx.backend, out_dtype=x.dtype,
+                            lengths=lengths)
+    want_w = ctx.needs_input_grad[1]
+    want_b = ctx.has_bias and ctx.needs_input_grad[2]
+    if want_w or want_b:
+        grad_W, grad_b = segment_sum(
+            g, indices, x, W_enc.shape[0], ctx.backend, W_enc.dtype, with_bias=want_b,
+            lengths=lengths)
+        grad_W = grad_W if want_w else None
+        grad_b = grad_b.to(W_enc.dtype) if want_b else None
+    return grad_x, grad_W, grad_b
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,6 +448,95 @@ def topafa_select(
         z_norm.shape[0] == values.shape[0],
         f"z_norm has {z_norm.shape[0]} entries but values has {values.shape[0]} rows (tokens)",
     )
+    k_per_row, order = _topafa_cut(values, indices, dec_norms, z_norm)
+    with torch.no_grad():
+        keep_sorted = padding_mask(k_per_row, values.shape[1])
+        keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
+    return values * keep.to(values.dtype), k_per_row
+
+
+@dataclass
+class TopAFACode:
+    """Each token's kept latents, a ragged code stored padded.
+
+    values [tokens, K] (>= 0, kept order: s = (a * ||W_dec,i||)^2 descending, ties to the lower
+    latent id; 0 past a row's length), indices [tokens, K] int64, lengths [tokens] int64 (kept
+    latents with a positive activation; K = their maximum), k [tokens] int64 (the rule's k(x);
+    k > lengths only where the cut reached latents with activation 0), width: the candidate set
+    size used (the whole dictionary on the cpu backend), preactivations: the [tokens, latents]
+    pre-activations where the backend computed them (cpu), for AuxK, else None.
+    """
+
+    values: torch.Tensor
+    indices: torch.Tensor
+    lengths: torch.Tensor
+    k: torch.Tensor
+    width: int
+    preactivations: torch.Tensor | None = None
+
+
+def topafa_encode(
+    z: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor | None,
+    dec_norms: torch.Tensor,
+    backend: str = "auto",
+    *,
+    width: int = 64,
+) -> TopAFACode:
+    """top-AFA encode: ReLU(z W_enc^T + b_enc) cut per row at its own k(x) (see topafa_select).
+
+    Args:
+        z: [tokens, d_in] encoder input (x - b_dec after the input standardization).
+        W_enc: [latents, d_in]; b_enc: [latents] or None (the reference top-AFA has none).
+        dec_norms: [latents] decoder row norms.
+        backend: one of sparse_ops.dispatch.BACKENDS ("auto" picks). On "cpu" the cut is exact
+            over the whole dictionary. On "torch"/"triton" the candidates are the top ``width``
+            pre-activations, doubled and redone until no row keeps all of them (exact when the
+            decoder rows have equal norms, as the trainer keeps them).
+        width: first candidate set size for the torch/triton backends (ignored on cpu); pass
+            the previous call's ``code.width`` to start where it ended.
+
+    Returns:
+        A :class:`TopAFACode`; ``values`` is differentiable w.r.t. z, W_enc and b_enc, and the
+        backward touches each row's kept latents only.
+    """
+    check_encode_inputs(z, W_enc, b_enc, 1)
+    check_tensor("dec_norms", dec_norms, ndim=1)
+    n_latents = W_enc.shape[0]
+    require(dec_norms.shape[0] == n_latents,
+            f"dec_norms has {dec_norms.shape[0]} entries but W_enc has {n_latents} latents")
+    require(isinstance(width, int) and width >= 1, f"width={width!r} must be a positive int")
+    chosen = _encode_backend(backend, z, W_enc, b_enc, min(width, n_latents))
+    z_norm = z.detach().float().norm(dim=1)
+    if chosen == "cpu":
+        pre = cpu_native.dense_preactivations(z.detach(), W_enc.detach(),
+                                              None if b_enc is None else b_enc.detach())
+        k, lengths, indices, kept = cpu_native.topafa_rows(pre, dec_norms.detach(), z_norm)
+        values = EncodeAtFunction.apply(z, W_enc, b_enc, kept.to(z.dtype), indices, lengths,
+                                        chosen)
+        return TopAFACode(values, indices, lengths, k, n_latents, pre)
+    width = min(width, n_latents)
+    while True:
+        values, indices = topk_encode(z, W_enc, b_enc, width, backend=chosen, sort=False)
+        k, order = _topafa_cut(values, indices, dec_norms, z_norm)
+        if width >= n_latents or not bool((k >= width).any()):
+            break
+        width = min(n_latents, 2 * width)
+    # compact: each row's kept candidates first, in kept order, then cut the rectangle
+    ordered = values.gather(1, order)
+    lengths = torch.minimum(k, (ordered > 0).sum(dim=1))
+    cols = int(lengths.max()) if lengths.numel() else 0
+    keep = padding_mask(lengths, cols)
+    values = ordered[:, :cols] * keep.to(ordered.dtype)
+    indices = indices.gather(1, order[:, :cols]).masked_fill(~keep, 0)
+    return TopAFACode(values, indices, lengths, k, width, None)
+
+
+def _topafa_cut(values: torch.Tensor, indices: torch.Tensor, dec_norms: torch.Tensor,
+                z_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rule on a candidate set (no autograd): k per row [tokens] and the candidates' kept
+    order [tokens, K_max] (s descending, ties to the earlier candidate)."""
     with torch.no_grad():
         scaled = (values.float() * dec_norms.float()[indices.long()]) ** 2
         s_sorted, order = torch.sort(scaled, dim=1, descending=True, stable=True)
@@ -422,31 +544,12 @@ def topafa_select(
         if values.shape[1] == dec_norms.shape[0]:
             cumulative[:, -1] = 1e8
         gap = (cumulative.sqrt() - z_norm.float()[:, None]).abs()
-        k_per_row = gap.argmin(dim=1) + 1
-        keep_sorted = torch.arange(values.shape[1], device=values.device)[None, :] < k_per_row[:, None]
-        keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
-    return values * keep.to(values.dtype), k_per_row
+        return gap.argmin(dim=1) + 1, order
 
 
-def topafa_encode(
-    z: torch.Tensor,
-    W_enc: torch.Tensor,
-    b_enc: torch.Tensor | None,
-    k_max: int,
-    dec_norms: torch.Tensor,
-    backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """top-AFA encode: fused top-``k_max`` candidates of ReLU(z W_enc^T + b_enc), then the k(x) cut.
-
-    Args:
-        z: [tokens, d_in] encoder input (x - b_dec after the input standardization).
-        W_enc: [latents, d_in]; b_enc: [latents] or None (the reference top-AFA has none).
-        k_max: candidate set size (the largest k(x) possible).
-        dec_norms: [latents] decoder row norms.
-
-    Returns:
-        values_masked [tokens, k_max], indices [tokens, k_max] int64, k_per_row [tokens] int64.
-    """
-    values, indices = topk_encode(z, W_enc, b_enc, k_max, backend=backend)
-    masked, k_per_row = topafa_select(values, indices, dec_norms, z.detach().float().norm(dim=1))
-    return masked, indices, k_per_row
+def topafa_dense(code: TopAFACode, n_latents: int) -> torch.Tensor:
+    """A TopAFACode as dense activations [tokens, latents] (zeros elsewhere; no autograd
+    beyond the scatter): for tests and small inputs."""
+    dense = code.values.new_zeros((code.values.shape[0], n_latents))
+    keep = padding_mask(code.lengths, code.values.shape[1])
+    return dense.scatter_add(1, code.indices, code.values * keep.to(code.values.dtype))

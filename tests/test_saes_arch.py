@@ -69,14 +69,17 @@ def test_topafa_k_rule_on_hand_made_inputs():
     torch.testing.assert_close(f, torch.tensor([[0.0, 1.0, 0.5, 0.2], [0.0, 2.0, 0.0, 0.0]]))
 
 
-def test_topafa_training_path_matches_full_selection_with_retries():
-    t, x = _trainer("topafa", steps=1)
+@pytest.mark.parametrize("kernels", ["cpu", "torch"])
+def test_topafa_training_path_matches_full_selection_with_retries(kernels):
+    # cpu: the native cut over the whole dictionary; torch: candidates widened and redone
+    t, x = _trainer("topafa", steps=1, kernels=kernels)
     model = t.model
     z = t.normalizer(x) - model.b_dec.detach()
-    model.width.fill_(2)  # far too few candidates: the trainer must widen and redo
+    model.width.fill_(2)  # far too few candidates: the torch path must widen and redo
     ctx = LossContext(torch.ones(()), z.shape[0], None, Reducer(local=True))
     code = model.encode_sparse(z, ctx)
-    dense = torch.zeros(z.shape[0], 64).scatter_(1, code.indices, code.values.detach())
+    # padding slots hold latent 0 with value 0: add, so they cannot overwrite a kept latent 0
+    dense = torch.zeros(z.shape[0], 64).scatter_add_(1, code.indices, code.values.detach())
     sae = model.export("none", {})
     with torch.no_grad():
         full = sae.encode(z + model.b_dec)  # the inference class sorts all latents

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import sparse_ops
-from sparse_ops import SparseOpsInputError, topk_encode, topk_encode_reference
+from sparse_ops import SparseOpsInputError, cpu_native, topk_encode, topk_encode_reference
 from sparse_ops.testing import test_device, tolerance, triton_backends
 
 DEVICE = test_device()
@@ -210,15 +210,117 @@ def test_topafa_select_hand_example_and_gradient():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_topafa_encode(backend):
+def test_topafa_encode_keeps_what_the_full_sort_keeps(backend):
     z, W, _ = make_sae(10, 16, 40, seed=6)
-    dec_norms = torch.rand(40, generator=torch.Generator().manual_seed(7)).to(DEVICE) + 0.5
-    masked, indices, k = sparse_ops.topafa_encode(z, W, None, 12, dec_norms, backend=backend)
-    values, want_idx = topk_encode(z, W, None, 12, backend="torch")
-    want, want_k = sparse_ops.topafa_select(values, want_idx, dec_norms, z.norm(dim=1))
-    assert torch.equal(indices, want_idx) and torch.equal(k, want_k)
-    torch.testing.assert_close(masked, want)
-    assert ((k >= 1) & (k <= 12)).all()
+    W = torch.nn.functional.normalize(W, dim=1)  # unit rows, as the trainer keeps them
+    dec_norms = torch.ones(40, device=DEVICE)
+    code = sparse_ops.topafa_encode(z, W, None, dec_norms, backend=backend, width=2)
+    acts = torch.relu(z @ W.T)
+    want, want_k = topafa_dense_reference(acts, dec_norms, z.norm(dim=1))
+    assert torch.equal(code.k, want_k)
+    torch.testing.assert_close(sparse_ops.topafa_dense(code, 40), want)
+    assert code.values.shape[1] == int(code.lengths.max())  # compact: the batch's largest kept
+
+
+# ----------------------------------------------------------------------------------------------
+# top-AFA's ragged code: the native cut and the decode/backward with lengths
+
+
+def _full_sort_kept(pre: torch.Tensor, dec_norms: torch.Tensor, z_norm: torch.Tensor):
+    """The rule's definition: every latent a candidate, sorted in full (sparse_ops.topafa_select)."""
+    acts = torch.relu(pre)
+    ids = torch.arange(pre.shape[1]).expand_as(pre)
+    return sparse_ops.topafa_select(acts, ids, dec_norms, z_norm)
+
+
+def _adversarial_rows(latents: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(11)
+    pre = torch.randint(-2, 3, (40, latents), generator=g).float()  # ties everywhere
+    z_norm = torch.rand(40, generator=g) * 30
+    pre[0] = -1.0                              # all-zero row
+    pre[1] = 0.0                               # all exactly zero
+    z_norm[2] = 1e5                            # ||z|| beyond every C_j: the guard decides
+    pre[3], z_norm[3] = 1.0, 1e4               # every latent tied, k(x) = the whole dictionary
+    z_norm[4] = 0.0                            # zero input norm
+    z_norm[5] = float(latents) ** 0.5          # exactly reachable
+    return pre.contiguous(), z_norm
+
+
+@pytest.mark.skipif(not cpu_native.available(), reason="no C compiler for the native kernels")
+@pytest.mark.parametrize("case", ["gaussian", "scaled norms", "adversarial"])
+def test_native_topafa_cut_equals_the_full_sort(case):
+    latents, d = 512, 32
+    g = torch.Generator().manual_seed(3)
+    W = torch.nn.functional.normalize(torch.randn(latents, d, generator=g), dim=1)
+    dec_norms = torch.ones(latents)
+    if case == "adversarial":
+        pre, z_norm = _adversarial_rows(latents)
+    else:
+        z = torch.randn(300, d, generator=g) * torch.rand(300, 1, generator=g) * 4
+        pre, z_norm = (z @ W.T).contiguous(), z.norm(dim=1)
+        if case == "scaled norms":
+            dec_norms = torch.rand(latents, generator=g) + 0.5
+    k, lengths, ids, vals = cpu_native.topafa_rows(pre, dec_norms, z_norm)
+    want, want_k = _full_sort_kept(pre, dec_norms, z_norm)
+    assert torch.equal(k, want_k)
+    got = torch.zeros_like(pre).scatter_add_(1, ids, vals)
+    assert torch.equal(got > 0, want > 0)  # the same latents, ties broken the same way
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert torch.equal(lengths, (want > 0).sum(dim=1))
+    if case == "adversarial":
+        assert int(k[3]) == latents and int(lengths[3]) == latents  # the whole dictionary
+        assert int(lengths[0]) == 0 and int(lengths[1]) == 0
+
+
+@pytest.mark.skipif(not cpu_native.available(), reason="no C compiler for the native kernels")
+def test_native_topafa_cut_on_the_default_lab_shape():
+    # trained top-AFA SAEs: unit decoder rows, a few thousand latents, k(x) from 1 to hundreds
+    g = torch.Generator().manual_seed(8)
+    latents, d = 2048, 128
+    W = torch.nn.functional.normalize(torch.randn(latents, d, generator=g), dim=1)
+    z = torch.randn(512, d, generator=g) * (0.2 + 3 * torch.rand(512, 1, generator=g))
+    pre = (z @ W.T).contiguous()
+    k, lengths, ids, vals = cpu_native.topafa_rows(pre, torch.ones(latents), z.norm(dim=1))
+    want, want_k = _full_sort_kept(pre, torch.ones(latents), z.norm(dim=1))
+    assert torch.equal(k, want_k)
+    torch.testing.assert_close(torch.zeros_like(pre).scatter_add_(1, ids, vals), want,
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ragged_decode_and_encode_gradients_match_the_dense_code(backend):
+    z, W, _ = make_sae(24, 16, 64, seed=9)
+    W = torch.nn.functional.normalize(W, dim=1)
+    dec_norms = torch.ones(64, device=DEVICE)
+    W_enc = W.clone().requires_grad_(True)
+    W_dec = W.clone().requires_grad_(True)
+    z = z.clone().requires_grad_(True)
+    code = sparse_ops.topafa_encode(z, W_enc, None, dec_norms, backend=backend)
+    x_hat = sparse_ops.sparse_decode(code.values, code.indices, W_dec, None, backend=backend,
+                                     lengths=code.lengths)
+    loss = (x_hat - 1.0).pow(2).sum() + code.values.pow(2).sum()
+    grads = torch.autograd.grad(loss, (z, W_enc, W_dec))
+    # the same kept set as a dense masked code through plain autograd
+    z2, W_enc2, W_dec2 = (t.detach().clone().requires_grad_(True) for t in (z, W_enc, W_dec))
+    acts = torch.relu(z2 @ W_enc2.T)
+    keep = (sparse_ops.topafa_dense(code, 64) > 0).to(acts.dtype)
+    f = acts * keep
+    loss2 = (f @ W_dec2 - 1.0).pow(2).sum() + f.pow(2).sum()
+    want = torch.autograd.grad(loss2, (z2, W_enc2, W_dec2))
+    for got, expected in zip(grads, want):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_decode_lengths_ignore_padding_and_validate():
+    values = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]], device=DEVICE)
+    indices = torch.tensor([[0, 1, 2], [1, 2, 0]], device=DEVICE)
+    W = torch.eye(3, device=DEVICE)
+    out = sparse_ops.sparse_decode(values, indices, W, None, lengths=torch.tensor([2, 1], device=DEVICE))
+    assert out.tolist() == [[1.0, 2.0, 0.0], [0.0, 3.0, 0.0]]
+    with pytest.raises(SparseOpsInputError, match="lengths must lie in"):
+        sparse_ops.sparse_decode(values, indices, W, None, lengths=torch.tensor([4, 1], device=DEVICE))
+    with pytest.raises(SparseOpsInputError, match="lengths has 1 entries"):
+        sparse_ops.sparse_decode(values, indices, W, None, lengths=torch.tensor([1], device=DEVICE))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -227,14 +227,17 @@ def build_sae_lens(
 class SparseCode:
     """values [n, K] (>= 0, zeros = inactive) at latents indices [n, K] int64.
 
-    preactivations: what the encode computed densely without autograd and AuxK reuses
-    (the [n, L] pre-activations on the cpu backend, the structured SAE's group logits), or
-    None; scale: AuxK's weight for an aux code; stats: arch-specific numbers for the log.
+    lengths: [n] int64 for a ragged code (row t holds its first lengths[t] pairs, the rest is
+    zero padding that sparse_ops skips), or None; preactivations: what the encode computed
+    densely without autograd and AuxK reuses (the [n, L] pre-activations on the cpu backend,
+    the structured SAE's group logits), or None; scale: AuxK's weight for an aux code; stats:
+    arch-specific numbers for the log.
     """
 
     values: torch.Tensor
     indices: torch.Tensor
     preactivations: Any = None
+    lengths: torch.Tensor | None = None
     scale: float = 1.0
     stats: dict[str, float] = field(default_factory=dict)
 
@@ -271,7 +274,7 @@ class SparseCodeSAE(TrainableSAE):
 
     def decode(self, code: SparseCode) -> torch.Tensor:
         return sparse_ops.sparse_decode(code.values, code.indices, self.W_dec, self.b_dec,
-                                        self.backend)
+                                        self.backend, lengths=code.lengths)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -396,10 +399,11 @@ class BatchTopKTrainable(SparseCodeSAE):
 class TopAFATrainable(SparseCodeSAE):
     """top-AFA: per-token k(x) by norm matching, plus the AFA loss (see saes.topafa).
 
-    Candidates are the top `width` ReLU pre-activations (no encoder bias); sparse_ops'
-    `topafa_select` cuts each row at k(x). With unit-norm decoder rows the candidate order is the
-    order of s_i, so the cut is exact unless a row keeps all `width` candidates; then width
-    doubles and the step is redone (width adapts to about twice the largest k(x) seen).
+    sparse_ops.topafa_encode (no encoder bias) returns each token's kept latents as a ragged
+    code, so decode and backward cost each token its own k(x). On the cpu backend the cut is
+    exact over the whole dictionary; elsewhere it starts from the top `width` candidates and
+    widens (and redoes) while a row keeps all of them; `width` then settles at about twice the
+    largest k(x) seen.
     """
 
     has_encoder_bias = False
@@ -410,18 +414,11 @@ class TopAFATrainable(SparseCodeSAE):
 
     def encode_sparse(self, z: torch.Tensor, ctx: LossContext) -> SparseCode:
         dec_norms = self.W_dec.detach().norm(dim=1)
-        latents = self.cfg.latents
-        while True:
-            width = int(self.width)
-            code = self.topk(z, width)
-            values, k_rows = sparse_ops.topafa_select(code.values, code.indices, dec_norms,
-                                                      z.detach().norm(dim=1))
-            if width >= latents or not bool((k_rows >= width).any()):
-                break
-            self.width.fill_(min(latents, 2 * width))
-        largest = int(k_rows.max()) if k_rows.numel() else 1
-        self.width.fill_(min(latents, max(64, _next_pow2(2 * largest))))
-        return SparseCode(values, code.indices, code.preactivations,
+        code = sparse_ops.topafa_encode(z, self.W_enc, None, dec_norms, self.backend,
+                                        width=int(self.width))
+        largest = int(code.k.max()) if code.k.numel() else 1
+        self.width.fill_(min(self.cfg.latents, max(64, _next_pow2(2 * largest))))
+        return SparseCode(code.values, code.indices, code.preactivations, code.lengths,
                           stats={"k_max": float(largest)})
 
     def extra_terms(self, x: torch.Tensor, code: SparseCode, ctx: LossContext

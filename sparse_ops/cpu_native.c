@@ -29,6 +29,7 @@
  *                 activations in kept order.
  */
 
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -422,15 +423,55 @@ int wb_pair_sums(const float *vals, const int64_t *idx, const int64_t *lens, con
 /* ---------------------------------------------------------------------------------------------
  * top-AFA: each row's own k(x) */
 
-typedef struct {
+/* A score and its latent as one sortable key: non-negative floats order like their bits, and
+ * the low word 0xFFFFFFFF - id puts the lower id first among equal scores (keys descending). */
+static inline uint64_t score_key(float s, int64_t id) {
+    uint32_t bits;
+    memcpy(&bits, &s, sizeof bits);
+    return ((uint64_t)bits << 32) | (uint64_t)(0xFFFFFFFFu - (uint32_t)id);
+}
+static inline float key_score(uint64_t key) {
+    uint32_t bits = (uint32_t)(key >> 32);
     float s;
-    int64_t id;
-} scored;
+    memcpy(&s, &bits, sizeof s);
+    return s;
+}
+static inline int64_t key_id(uint64_t key) { return (int64_t)(0xFFFFFFFFu - (uint32_t)key); }
 
-static int by_score(const void *a, const void *b) { /* s descending, then id ascending */
-    const scored *x = (const scored *)a, *y = (const scored *)b;
-    if (x->s != y->s) return x->s > y->s ? -1 : 1;
-    return (x->id > y->id) - (x->id < y->id);
+/* Sort keys descending: quicksort (median of three) down to runs of 16, then insertion. */
+static void sort_keys_desc(uint64_t *a, int64_t n) {
+    while (n > 16) {
+        uint64_t x = a[0], y = a[n / 2], z = a[n - 1];
+        uint64_t p = (x > y) ? ((y > z) ? y : ((x > z) ? z : x)) : ((x > z) ? x : ((y > z) ? z : y));
+        int64_t i = 0, j = n - 1;
+        for (;;) {
+            while (a[i] > p) i++;
+            while (a[j] < p) j--;
+            if (i >= j) break;
+            uint64_t t = a[i];
+            a[i++] = a[j];
+            a[j--] = t;
+        }
+        /* [0, j] >= p >= [j + 1, n): recurse on the smaller side, loop on the larger */
+        int64_t left = j + 1;
+        if (left < n - left) {
+            sort_keys_desc(a, left);
+            a += left;
+            n -= left;
+        } else {
+            sort_keys_desc(a + left, n - left);
+            n = left;
+        }
+    }
+    for (int64_t i = 1; i < n; i++) {
+        uint64_t v = a[i];
+        int64_t j = i;
+        while (j > 0 && a[j - 1] < v) {
+            a[j] = a[j - 1];
+            j--;
+        }
+        a[j] = v;
+    }
 }
 
 #define TOPAFA_GUARD 1e8f /* C_L's stand-in when the candidates are the whole dictionary */
@@ -438,12 +479,12 @@ static int by_score(const void *a, const void *b) { /* s descending, then id asc
 /* The rule on the first j sorted scores f[0:j] of a row with L latents: returns k, or 0 when
  * the front does not settle it (no C_j within it reaches ||z|| and more positive scores exist).
  * all_in: f holds every positive score of the row (the rest are 0). */
-static int64_t topafa_cut(const scored *f, int64_t j, int64_t L, float zn, int all_in) {
+static int64_t topafa_cut(const uint64_t *f, int64_t j, int64_t L, float zn, int all_in) {
     double acc = 0.0;
     float best = INFINITY;
     int64_t k = 0, crossed = 0;
     for (int64_t i = 0; i < j; i++) {
-        acc += f[i].s;
+        acc += key_score(f[i]);
         float c = (i + 1 == L) ? TOPAFA_GUARD : (float)acc;
         float d = sqrtf(c) - zn;
         float gap = fabsf(d);
@@ -474,64 +515,111 @@ typedef struct {
     int failed;
 } topafa_job;
 
+/* Score bins: the top 10 bits of a positive float (exponent and 2 mantissa bits), so a bin
+ * spans a factor of 2^(1/4) and every score in a higher bin is larger. */
+#define SCORE_BIN_SHIFT 21
+#define SCORE_BINS (1 << (31 - SCORE_BIN_SHIFT))
+
+typedef struct {
+    double sum[SCORE_BINS];
+} score_bins;
+
+/* One row: s = (relu(pre) * norm)^2 into s[0:L], summed per score bin; walking the bins from
+ * the top gives the highest threshold whose scores sum to ||z||^2. The scores >= it are
+ * collected (one vectorized compare per CHUNK) and only they are sorted; every score left out
+ * is strictly below the threshold, so no tie straddles the collected set. Should rounding keep
+ * the crossing out of it, the next bin down is added. Returns k and fills front[0:*n_front]. */
+static int64_t topafa_row(const float *row, const float *norms, int64_t L, float zn, float *s,
+                          candidates *c, uint64_t *front, int64_t *n_front, score_bins *bins) {
+    int lo = SCORE_BINS, hi = -1;
+    double total = 0.0;
+    for (int64_t l = 0; l < L; l++) {
+        float a = row[l] > 0.0f ? row[l] : 0.0f;
+        float t = a * norms[l];
+        s[l] = t * t;
+    }
+    for (int64_t l = 0; l < L; l++) {
+        if (!(s[l] > 0.0f)) continue;
+        uint32_t bits;
+        memcpy(&bits, &s[l], sizeof bits);
+        int b = (int)(bits >> SCORE_BIN_SHIFT);
+        if (b > SCORE_BINS - 1) continue; /* inf or NaN: compare as nothing */
+        if (b < lo) {
+            for (int z = b; z < (lo < SCORE_BINS ? lo : b + 1); z++) bins->sum[z] = 0.0;
+            lo = b;
+        }
+        if (b > hi) {
+            for (int z = (hi >= lo ? hi + 1 : b); z <= b; z++) bins->sum[z] = 0.0;
+            hi = b;
+        }
+        bins->sum[b] += s[l];
+        total += s[l];
+    }
+    double target = (double)zn * (double)zn, acc = 0.0;
+    int b = hi;
+    if (!(total >= target)) b = -1; /* ||z|| out of reach (or NaN): every positive score */
+    for (; b >= lo; b--) {
+        if (b < lo) break;
+        acc += bins->sum[b];
+        if (acc >= target) break;
+    }
+    for (;;) {
+        int all_in = b < lo;
+        uint32_t bits = all_in ? 1u : (uint32_t)b << SCORE_BIN_SHIFT; /* 1u: the least float > 0 */
+        float threshold;
+        memcpy(&threshold, &bits, sizeof threshold);
+        collect(s, L, threshold, c);
+        for (int64_t i = 0; i < c->n; i++) front[i] = score_key(c->v[i], c->id[i]);
+        sort_keys_desc(front, c->n);
+        int64_t k = topafa_cut(front, c->n, L, zn, all_in);
+        if (all_in && k < 1) k = 1; /* a NaN norm: no gap compares (torch's argmin: 0) */
+        if (all_in || (k > 0 && k <= c->n)) {
+            *n_front = c->n;
+            return k;
+        }
+        for (b--; b >= lo && bins->sum[b] == 0.0; b--) {
+        }
+    }
+}
+
 static void topafa_range(void *arg, int64_t row_begin, int64_t row_end) {
     topafa_job *job = (topafa_job *)arg;
     int64_t L = job->L;
     float *s = malloc((size_t)L * sizeof(float));
-    int64_t *id = malloc((size_t)L * sizeof(int64_t));
-    scored *front = malloc((size_t)L * sizeof(scored));
-    if (!s || !id || !front) {
+    candidates c = {malloc((size_t)(L + 1) * sizeof(float)),
+                    malloc((size_t)(L + 1) * sizeof(int64_t)), L + 1, 0, 1, 0.0f};
+    uint64_t *front = malloc((size_t)(L + 1) * sizeof(uint64_t));
+    score_bins *bins = malloc(sizeof(score_bins));
+    if (!s || !c.v || !c.id || !front || !bins) {
         job->failed = 1;
-        free(s), free(id), free(front);
+        free(s), free(c.v), free(c.id), free(front), free(bins);
         return;
     }
-    int64_t guess = 64;
     for (int64_t r = row_begin; r < row_end; r++) {
         const float *row = job->pre + r * L;
-        float zn = job->zn[r];
-        int64_t m = 0;
-        for (int64_t l = 0; l < L; l++) {
-            float a = row[l];
-            if (a > 0.0f) {
-                float t = a * job->norms[l];
-                s[m] = t * t;
-                id[m++] = l;
-            }
+        int64_t n_front = 0;
+        int64_t k = topafa_row(row, job->norms, L, job->zn[r], s, &c, front, &n_front, bins);
+        if (k > n_front) { /* the guard kept the whole dictionary: every positive latent */
+            n_front = 0;
+            for (int64_t l = 0; l < L; l++)
+                if (row[l] > 0.0f) front[n_front++] = score_key(s[l], l);
+            sort_keys_desc(front, n_front);
         }
-        double target = (double)zn * (double)zn, sum = 0.0;
-        int64_t done = 0, j = guess < m ? guess : m, k = 0;
-        for (;;) {
-            select_top(s + done, id + done, m - done, j - done);
-            for (int64_t i = done; i < j; i++) sum += s[i];
-            done = j;
-            if (sum < target && j < m) { /* the front cannot reach ||z|| yet */
-                j = 2 * j < m ? 2 * j : m;
-                continue;
+        int64_t kept = 0, upto = k < n_front ? k : n_front;
+        for (int64_t i = 0; i < upto; i++) {
+            float a = row[key_id(front[i])];
+            if (!(a > 0.0f)) continue; /* a zero activation (e.g. a zero decoder norm) */
+            if (kept == job->cap) {
+                job->failed = 2;
+                break;
             }
-            for (int64_t i = 0; i < j; i++) front[i] = (scored){s[i], id[i]};
-            qsort(front, (size_t)j, sizeof(scored), by_score);
-            k = topafa_cut(front, j, L, zn, j == m);
-            /* settled when the front holds every positive score, or when the cut stops before
-             * the front's smallest score (a latent outside the front may tie that one, and its
-             * lower id would win); else take a larger front */
-            if (j == m || (k > 0 && k < j && front[k - 1].s != front[j - 1].s)) break;
-            j = 2 * j < m ? 2 * j : m;
+            job->ids[r * job->cap + kept] = key_id(front[i]);
+            job->vals[r * job->cap + kept++] = a;
         }
-        int64_t kept = k < m ? k : m;
         job->k_out[r] = k;
         job->len_out[r] = kept;
-        if (kept > job->cap) {
-            job->failed = 2;
-            continue;
-        }
-        for (int64_t i = 0; i < kept; i++) {
-            job->ids[r * job->cap + i] = front[i].id;
-            job->vals[r * job->cap + i] = row[front[i].id];
-        }
-        int64_t next = 2 * kept + 16;  /* the next row's first batch: about twice this k */
-        guess = next < 64 ? 64 : next;
     }
-    free(s), free(id), free(front);
+    free(s), free(c.v), free(c.id), free(front), free(bins);
 }
 
 /* pre [n, L] (row stride L), norms [L], zn [n] -> k_out [n], len_out [n] (kept positive

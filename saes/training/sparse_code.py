@@ -300,7 +300,10 @@ class SparseCodeSAE(TrainableSAE):
             terms["auxk"] = self.cfg.aux_alpha * auxk_loss(e_hat, x - x_hat.detach(), aux.scale,
                                                            ctx)
         active = code.values.detach() > 0
-        fired = torch.bincount(self.unit_of(code.indices[active]), minlength=self.n_units)
+        # weighted count over the whole rectangle: no boolean gather of the active pairs
+        fired = torch.bincount(self.unit_of(code.indices).reshape(-1),
+                               weights=active.reshape(-1).to(torch.float32),
+                               minlength=self.n_units).round().to(torch.int64)
         return StepResult(
             loss=sum(terms.values()), fired=fired, sse=sse.detach(), active=active.sum(),
             terms={k: v.detach() for k, v in terms.items()}, stats=code.stats,

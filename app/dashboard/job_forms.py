@@ -253,12 +253,14 @@ def _steering_plan(kind: str, values: dict[str, Any], lab: Lab, p: list[str]) ->
         model = _existing(lab, values.get("model", ""), "model", p, "model")
         sae = _existing(lab, values.get("sae", ""), "sae", p, "SAE")
         corpus = _existing(lab, values.get("corpus", ""), "corpus", p, "corpus")
+        inputs_ok = not p
         name = _new_name(lab, values.get("name", ""), p)
-        if not p:
+        if inputs_ok:
             reads = lab.get(sae).manifest.get("model")
             if reads and reads != model:
                 p.append(f"SAE {sae!r} reads model {reads!r}, not {model!r}; choose its model")
-        have = [str(x) for x in lab.get(corpus).manifest.get("languages", [])] if not p else []
+        have = ([str(x) for x in lab.get(corpus).manifest.get("languages", [])]
+                if inputs_ok else [])
         langs = _words(values.get("languages"))
         unknown = [x for x in langs if have and x not in have]
         if unknown:
@@ -266,7 +268,8 @@ def _steering_plan(kind: str, values: dict[str, Any], lab: Lab, p: list[str]) ->
                      f"{', '.join(have)}")
         tau = _fraction(values, "tau", p, "tau")
         tau_r = _fraction(values, "tau_r", p, "tau_r")
-        vectors = [f"{name}-{x}-{m}" for x in (langs or have) for m in METHODS] if not p else []
+        vectors = ([f"{name}-{x}-{m}" for x in (langs or have) for m in METHODS]
+                   if not p else [])
         taken = [v for v in vectors if lab.exists(v)]
         if taken:
             p.append(f"the run would make the vector {taken[0]!r}, which exists; choose another "

@@ -185,8 +185,9 @@ def kept_tab(rep, tables: dict) -> None:
             "max p on others' guide text", format="%.3f")})
     left, right = st.columns([3, 2])
     with left:
-        fig = go.Figure(go.Bar(x=kept.language, y=kept.n_kept, marker={"color": "#4C78A8"},
-                               text=kept.n_kept, textposition="outside"))
+        fig = go.Figure(go.Bar(x=kept.language.tolist(), y=kept.n_kept.tolist(),
+                               marker={"color": "#4C78A8"}, text=kept.n_kept.tolist(),
+                               textposition="outside"))
         fig.update_layout(title="Kept features per language")
         common.chart(common.style(fig, 280, "language", "kept features"), key="kept-bars")
     with right:
@@ -231,7 +232,7 @@ def stability_tab(rep, tables: dict) -> None:
              "stab-j")):
         fig = go.Figure()
         for lang in frame.index:
-            fig.add_trace(go.Scatter(x=list(frame.columns), y=frame.loc[lang], name=lang,
+            fig.add_trace(go.Scatter(x=list(frame.columns), y=frame.loc[lang].tolist(), name=lang,
                                      mode="lines+markers"))
         fig.update_xaxes(type="log", tickvals=list(frame.columns))
         fig.update_layout(title=title)
@@ -404,7 +405,8 @@ def playground(rep_name: str | None, vectors: list[str]) -> tuple | None:
 def _strength_chart(curve: pd.DataFrame, column: str, title: str, y: str, key: str) -> None:
     fig = go.Figure()
     for method, rows in curve.groupby("method"):
-        fig.add_trace(go.Scatter(x=rows.strength, y=rows[column], mode="lines+markers",
+        fig.add_trace(go.Scatter(x=rows.strength.tolist(), y=rows[column].tolist(),
+                                 mode="lines+markers",
                                  name=METHOD_TITLES.get(method, method)))
     fig.update_layout(title=title)
     if column == "accuracy":
@@ -476,8 +478,9 @@ def export_section(play_spec: tuple | None, vectors: list[str]) -> None:
             f"{spec[1]}-{spec[2]}-{spec[3]} (the playground's, not stored)"
 
     cols = st.columns([3, 1])
+    # keyed by the playground's vector: choosing another one there brings it here
     spec = cols[0].selectbox("Vector to export", options, index=default, format_func=label,
-                             key="export-vector")
+                             key=f"export-vector-{'-'.join(map(str, play_spec or ()))}")
     try:
         vec = vector(spec)
     except WorkbenchError as exc:

@@ -72,7 +72,13 @@ def _export_choice(at: AppTest):
 
 
 def _downloads(at: AppTest) -> list[str]:
-    return [d.proto.label for d in at.get("download_button")]
+    """The file names the download buttons save (their labels name the file ending)."""
+    names = []
+    for d in at.get("download_button"):
+        name, ending = d.proto.help.split()[1], d.proto.label.removeprefix("Download ")
+        assert ending.startswith(".") and name.endswith(ending), (d.proto.label, name)
+        names.append(name)
+    return names
 
 
 def test_report_tables_and_heatmaps(steer_lab, monkeypatch):
@@ -111,7 +117,7 @@ def test_playground_generates_unsteered_and_steered_text(steer_lab, monkeypatch)
     unsteered, steered = at.code[-2].value, at.code[-1].value
     assert unsteered.startswith("The dog") and steered.startswith("The dog")
     assert unsteered != steered
-    assert any("Steered** (DiffMean to de, strength +8)" in m.value for m in at.markdown)
+    assert any("Steered**: DiffMean to de, strength +8" in m.value for m in at.markdown)
     assert sum("py3langid hears" in c.value for c in at.caption) == 2
     # a LangFIR vector the lab does not store: made from the report on the fly
     at.selectbox(key="play-method").select("langfir").run()
@@ -150,8 +156,8 @@ def test_export_offers_downloads_and_says_why_not(steer_lab, monkeypatch):
     at.selectbox(key="play-vector").select(vector).run()
     _clean(at)
     assert _export_choice(at) == ("stored", vector)
-    assert _downloads(at) == [f"Download {vector}.safetensors", f"Download {vector}.json",
-                              f"Download {vector}.neuronpedia.json"]
+    assert _downloads(at) == [f"{vector}.safetensors", f"{vector}.json",
+                              f"{vector}.neuronpedia.json"]
     # the fixture's SAE reads block 0, which llama.cpp cannot steer: the page says so
     assert any("block 0" in w.value and "llama.cpp" in w.value for w in at.warning)
     # the playground's unsaved vector is offered too
@@ -161,7 +167,7 @@ def test_export_offers_downloads_and_says_why_not(steer_lab, monkeypatch):
     spec = _export_choice(at)
     assert spec[0] == "report" and spec[3] == "saediff"
     stem = f"{PAGE_REPORT}-{spec[2]}-saediff"
-    assert f"Download {stem}.neuronpedia.json" in _downloads(at)
+    assert f"{stem}.neuronpedia.json" in _downloads(at)
 
 
 def test_empty_lab_says_what_is_missing_and_offers_the_job(tmp_path, monkeypatch):
@@ -232,7 +238,8 @@ def test_steering_job_plans_validate(steer_lab):
     ok = plan("langfir", {"model": "lm", "sae": SAE, "corpus": "corpus", "name": "new-report",
                           "languages": "en,fr", "tau": 0.3, "tau_r": 0.1}, lab)
     assert ok.ok, ok.problems
-    assert ok.args[:2] == ["langfir", "run"] and ok.args[ok.args.index("--languages") + 1] == "en,fr"
+    assert ok.args[:2] == ["langfir", "run"]
+    assert ok.args[ok.args.index("--languages") + 1] == "en,fr"
     assert "new-report" in ok.names and "new-report-fr-diffmean" in ok.names
     bad = plan("langfir", {"model": "lm", "sae": SAE, "corpus": "corpus", "name": PAGE_REPORT,
                            "languages": "", "tau": 0.0, "tau_r": 2}, lab)

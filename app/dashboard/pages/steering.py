@@ -141,48 +141,59 @@ def report_header(rep) -> None:
                f"this share of its language's tokens), tau_r {cfg['tau_r']:g} (and on less than "
                f"this share of random tokens), {cfg['n_docs']} documents per language, "
                f"{summary.get('random_tokens', 0):,} random tokens; resid_norm "
-               f"{meta['resid_norm']:.3g}.")
+               f"{meta['resid_norm']:.3g}; LangFIR took "
+               f"{meta.get('timings', {}).get('total_s', 0):.1f} s.")
     langs = rep.languages
     with_features = summary.get("languages_with_features", [])
     dom = summary.get("ablation_dominance", {}) or {}
-    cols = st.columns(5)
-    cols[0].metric("languages with kept features", f"{len(with_features)}/{len(langs)}")
-    cols[1].metric("kept features", f"{len(rep.features)}")
-    cols[2].metric("all >= 5x selective", f"{len(summary.get('languages_all_selective_5x', []))}"
+    cols = st.columns(4)
+    cols[0].metric("with features", f"{len(with_features)}/{len(langs)}",
+                   help="languages for which LangFIR kept at least one feature")
+    cols[1].metric("kept features", f"{len(rep.features)}", help="over all languages")
+    cols[2].metric("5x selective", f"{len(summary.get('languages_all_selective_5x', []))}"
                    f"/{len(with_features)}",
                    help="languages whose every kept feature fires at least 5x more often on "
                         "its own language than on any other")
-    cols[3].metric("ablation diagonal-dominant",
+    cols[3].metric("dominant ablation",
                    f"{len(dom.get('passing', []))}/{len(dom.get('ratio', {}))}",
-                   help="own-language CE increase >= 3x the mean increase on the others")
-    cols[4].metric("LangFIR time", f"{meta.get('timings', {}).get('total_s', 0):.1f} s")
+                   help="languages whose own-language CE increase (kept directions projected "
+                        "out) is at least 3x the mean increase on the others")
 
 
 def _heatmap(z: pd.DataFrame, title: str, x_title: str, y_title: str, colorscale: str,
              zmid: float | None = None, text_format: str = ".2f", height: int | None = None,
-             colorbar: str = "") -> go.Figure:
+             colorbar: str = "", x_on_top: bool = False,
+             zmin: float | None = None) -> go.Figure:
     rows = len(z.index)
     fig = go.Figure(go.Heatmap(
         z=z.to_numpy(dtype=float), x=[str(c) for c in z.columns], y=[str(i) for i in z.index],
-        colorscale=colorscale, zmid=zmid, texttemplate=f"%{{z:{text_format}}}" if rows <= 60
-        else None, textfont={"size": 11}, colorbar={"title": {"text": colorbar, "side": "right"}},
+        colorscale=colorscale, zmid=zmid, zmin=zmin,
+        texttemplate=f"%{{z:{text_format}}}" if rows <= 60 else None, textfont={"size": 11},
+        colorbar={"title": {"text": colorbar, "side": "right"}},
         hovertemplate=f"{y_title}: %{{y}}<br>{x_title}: %{{x}}<br>%{{z:.4f}}<extra></extra>"))
     fig.update_layout(title=title)
     fig.update_yaxes(autorange="reversed", type="category")
-    fig.update_xaxes(type="category", side="bottom")
-    return common.style(fig, height or max(300, 28 * rows + 140), x_title, y_title)
+    fig.update_xaxes(type="category", side="top" if x_on_top else "bottom")
+    fig = common.style(fig, height or max(300, 28 * rows + 140), x_title, y_title)
+    if x_on_top:  # a tall map: the column labels stay in view under the title
+        fig.update_layout(margin={"t": 100}, title={"y": 0.99, "yanchor": "top"})
+    return fig
 
 
 def kept_tab(rep, tables: dict) -> None:
     kept = tables["kept"].assign(features=tables["kept"].features.map(_format_features))
     common.table(kept, column_config={
-        "n_kept": st.column_config.NumberColumn("kept"),
+        "language": st.column_config.TextColumn("language", width="small"),
+        "n_kept": st.column_config.NumberColumn("kept", width="small"),
+        "features": st.column_config.TextColumn("kept features", width="medium"),
         "min_selectivity": st.column_config.NumberColumn(
             "min selectivity", format="%.1f",
             help="p on its language / highest p on another language (worst kept feature)"),
-        "max_p_random": st.column_config.NumberColumn("max p random", format="%.3f"),
+        "max_p_random": st.column_config.NumberColumn(
+            "max p random", format="%.3f", help="highest frequency on random tokens"),
         "max_guide_p_other": st.column_config.NumberColumn(
-            "max p on others' guide text", format="%.3f")})
+            "max p others' guide", format="%.3f",
+            help="highest frequency on another language's installation-guide text")})
     left, right = st.columns([3, 2])
     with left:
         fig = go.Figure(go.Bar(x=kept.language.tolist(), y=kept.n_kept.tolist(),
@@ -197,8 +208,8 @@ def kept_tab(rep, tables: dict) -> None:
             choice = st.selectbox("Open a kept feature in the feature browser", labels,
                                   key="kept-open")
             row = features.iloc[labels.index(choice)]
-            st.page_link("pages/features.py", label=f"Feature {int(row.feature)} of "
-                         f"{rep.meta['sae']}",
+            st.page_link("pages/features.py", label=f"Open feature {int(row.feature)} of "
+                         f"{rep.meta['sae']} →",
                          query_params={"sae": rep.meta["sae"], "feature": str(int(row.feature))})
 
 
@@ -214,7 +225,8 @@ def selectivity_tab(rep, tables: dict) -> None:
     z.index = [f"{r.language} · {int(r.feature)}" for r in sel.itertuples()]
     common.chart(_heatmap(z, "Firing frequency of each kept feature on every language and on "
                           "random tokens", "text the feature is measured on",
-                          "kept feature (language · index)", "Blues", colorbar="share of tokens"),
+                          "kept feature (language · index)", "Blues", colorbar="share of tokens",
+                          x_on_top=True, zmin=0.0),
                  key="selectivity-map")
     st.caption("Each row is a kept feature: it should fire on its own language's tokens (the "
                "bright cell) and stay quiet on the other languages and on random tokens.")
@@ -278,7 +290,7 @@ def register_tab(rep, tables: dict) -> None:
                "up a whole row.")
     common.chart(_heatmap(matrix, "Mean firing frequency of a language's kept features on each "
                           "language's installation-guide text", "guide text of",
-                          "kept features of", "Blues", colorbar="share of tokens"),
+                          "kept features of", "Blues", colorbar="share of tokens", zmin=0.0),
                  key="register-map")
     common.table(check, column_config={
         "n_kept": st.column_config.NumberColumn("kept"),
@@ -365,17 +377,19 @@ def playground(rep_name: str | None, vectors: list[str]) -> tuple | None:
     st.caption(_describe(vec) + " Steering adds strength x resid_norm x the unit direction at "
                "the chosen positions (the units of `--strength` in every `workbench steer` "
                "command).")
-    cols = st.columns([4, 3, 2, 1, 1, 1])
+    cols = st.columns([3, 2])
     prompt = cols[0].text_input("Prompt", "The weather today is", key="play-prompt")
     strength = cols[1].slider("Strength (x resid_norm)", -10.0, 10.0, float(DEFAULT_STRENGTH),
                               0.25, key="play-strength")
-    positions = cols[2].selectbox("Positions", POSITIONS, key="play-positions",
+    cols = st.columns(4)
+    positions = cols[0].selectbox("Positions", POSITIONS, key="play-positions",
                                   help="all positions, only the prompt's, or only the "
                                        "generated tokens")
-    temperature = cols[3].number_input("Temperature", 0.0, 2.0, 0.8, 0.1, key="play-temp",
+    temperature = cols[1].number_input("Temperature", 0.0, 2.0, 0.8, 0.1, key="play-temp",
                                        help="0: greedy")
-    seed = cols[4].number_input("Seed", 0, 10_000, 0, key="play-seed")
-    tokens = cols[5].number_input("Tokens", 1, 100, 30, key="play-tokens")
+    seed = cols[2].number_input("Seed", 0, 10_000, 0, key="play-seed",
+                                help="both continuations sample with this seed")
+    tokens = cols[3].number_input("Tokens", 1, 100, 30, key="play-tokens")
     if st.button("Generate", key="play-run", type="primary"):
         st.session_state["play-ran"] = True
     if not st.session_state.get("play-ran"):
@@ -390,9 +404,10 @@ def playground(rep_name: str | None, vectors: list[str]) -> tuple | None:
                         int(seed), int(tokens), float(temperature), langs)
         left, right = st.columns(2)
         target = f" to {vec.language}" if vec.language else ""
+        steered = (f"**Steered**: {METHOD_TITLES.get(vec.method, vec.method)}{target}, "
+                   f"strength {strength:+g}")
         for col, key, title in ((left, "unsteered", "**Unsteered**"),
-                                (right, "steered", f"**Steered** ({METHOD_TITLES.get(vec.method, vec.method)}"
-                                                   f"{target}, strength {strength:+g})")):
+                                (right, "steered", steered)):
             col.markdown(title)
             col.code(prompt + row[key], language=None, wrap_lines=True)
             if f"lid_{key}" in row and row[f"lid_{key}"][0]:
@@ -446,8 +461,8 @@ def evaluation_section(rep_name: str | None) -> None:
         _strength_chart(curve, "accuracy", "Target-language accuracy vs strength",
                         "accuracy (py3langid)", "eval-acc")
     with right:
-        _strength_chart(curve, "fluency_ce", "Fluency vs strength",
-                        "CE under the unsteered model (lower is better)", "eval-ce")
+        _strength_chart(curve, "fluency_ce", "Fluency (CE under the unsteered model)",
+                        "fluency CE (lower is better)", "eval-ce")
     st.markdown("**Best strength per method and target** (highest accuracy, lowest CE on ties)")
     common.table(best.drop(columns=["n"], errors="ignore"), column_config=numbers)
     with st.expander("Every method x target x strength"):
@@ -507,10 +522,12 @@ def export_section(play_spec: tuple | None, vectors: list[str]) -> None:
                 st.warning(f"Not available for this vector: {exc}")
                 continue
             for file, data in files.items():
-                suffix = "." + file.rsplit(".", 1)[-1]
-                st.download_button(f"Download {file}", data, file_name=file,
-                                   mime=MIME.get(suffix, "application/octet-stream"),
-                                   key=f"download-{fmt}-{suffix}", on_click="ignore")
+                ending = file[len(stem):]  # .safetensors, .json, .gguf, .neuronpedia.json
+                st.download_button(f"Download {ending}", data, file_name=file,
+                                   mime=MIME.get("." + file.rsplit(".", 1)[-1],
+                                                 "application/octet-stream"),
+                                   key=f"download-{fmt}-{ending}", on_click="ignore",
+                                   help=f"saves {file} ({len(data):,} bytes)")
 
 
 # -- the page -------------------------------------------------------------------------------------

@@ -93,7 +93,10 @@ def _generate(root: str, spec: tuple, stamp: float, model_spec: str, model_stamp
     if languages:
         from workbench.data.language_id import LanguageDetector
 
-        detector = LanguageDetector(list(languages))
+        try:
+            detector = LanguageDetector(list(languages))
+        except InvalidInputError:  # a language py3langid does not know: no verdict
+            return row
         for key in ("unsteered", "steered"):
             text = row[key].strip()
             row[f"lid_{key}"] = detector.detect(text) if text else ("", 0.0)

@@ -74,6 +74,8 @@ def bench_page(name: str, repeats: int = 5) -> PageTiming:
         charts, codes = len(at.get("plotly_chart")), len(at.code)
         if charts < 3 or codes < 2:  # histogram, logit effects, your text; two generations
             problems.append(f"not every panel was drawn ({charts} charts, {codes} texts)")
+    if name == "steering" and not problems and len(at.code) < 2:
+        problems.append("the playground's generation was not drawn")
     return PageTiming(name, cold, statistics.median(warm), statistics.median(trips),
                       GOALS[name], problems)
 

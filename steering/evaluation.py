@@ -13,6 +13,9 @@ languages are continued with the target's vector added; each continuation is sco
 
     table = evaluate_steering(lab, "default-langfir", SteerEvalConfig())
     art = run_steer_eval(lab, "default-langfir", "default-steer-eval")   # kind `analysis`
+    steer_evals(lab, "default-langfir")                  # the stored evaluations of a report
+    ev = load_steer_eval(lab, "default-steer-eval")      # .summary, .best (DataFrames)
+    accuracy_by_strength(ev.summary)                     # method x strength, mean over targets
 """
 
 from __future__ import annotations
@@ -226,3 +229,59 @@ def run_steer_eval(lab: Lab, report_name: str, name: str, config: SteerEvalConfi
             f"best_accuracy_{m}": float(best[best.method == m].accuracy.mean())
             for m in cfg.methods if (best.method == m).any()})
     return lab.get(name, kind="analysis")
+
+
+# -- reading stored evaluations ----------------------------------------------------------------
+EVAL_ANALYSIS = "steer-eval"
+
+
+@dataclass
+class StoredSteerEval:
+    """A stored steering evaluation read back: the summary table (method, target, strength,
+    accuracy, accuracy_langdetect, fluency_ce, bleu, n, acc_x_bleu) and the best strength per
+    method and target (same columns)."""
+
+    artifact: Artifact
+    report: str | None
+    summary: pd.DataFrame
+    best: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return self.artifact.name
+
+
+def steer_evals(lab: Lab, report: str | None = None) -> list[Artifact]:
+    """The lab's steering evaluations (`analysis` artifacts written by `run_steer_eval`),
+    optionally only those of LangFIR report `report`."""
+    return [a for a in lab.list("analysis")
+            if a.manifest.get("analysis") == EVAL_ANALYSIS
+            and (report is None or a.manifest.get("report") == report)]
+
+
+def load_steer_eval(lab: Lab, name: str) -> StoredSteerEval:
+    art = lab.get(name, kind="analysis")
+    if art.manifest.get("analysis") != EVAL_ANALYSIS:
+        raise InvalidInputError(f"{name!r} is not a steering evaluation (an analysis artifact "
+                                "written by `workbench steer eval`)")
+    missing = [f for f in ("summary.parquet", "best.parquet") if not (art.path / f).exists()]
+    if missing:
+        raise InvalidInputError(f"the steering evaluation {name!r} lacks {missing}; run "
+                                "`workbench steer eval` again with --overwrite")
+    return StoredSteerEval(art, art.manifest.get("report"),
+                           pd.read_parquet(art.path / "summary.parquet"),
+                           pd.read_parquet(art.path / "best.parquet"))
+
+
+def accuracy_by_strength(summary: pd.DataFrame, target: str | None = None) -> pd.DataFrame:
+    """Per method and strength (ascending): target-language accuracy, fluency CE and BLEU,
+    averaged over the targets (or of one `target`); n_targets counts the targets averaged."""
+    rows = summary if target is None else summary[summary.target == target]
+    if target is not None and rows.empty:
+        raise InvalidInputError(f"the evaluation has no target {target!r}; it has "
+                                f"{', '.join(sorted(summary.target.unique()))}")
+    out = (rows.groupby(["method", "strength"])
+           .agg(accuracy=("accuracy", "mean"), fluency_ce=("fluency_ce", "mean"),
+                bleu=("bleu", "mean"), n_targets=("target", "nunique"))
+           .reset_index().sort_values(["method", "strength"]))
+    return out.reset_index(drop=True)

@@ -18,6 +18,7 @@ Formats (`FORMATS`):
   and the workbench sidecar under "workbench".
 
     paths = export_vector(vec, "gguf", "out/de.gguf", model=model_cfg)
+    files = export_files(vec, "safetensors", "de")   # {"de.safetensors": bytes, "de.json": ...}
 
 Every writer checks everything first and writes atomically (temporary file + rename), so bad
 input leaves nothing behind and an existing output is only replaced with `overwrite=True`.
@@ -249,6 +250,26 @@ def export_vector(vector: SteeringVector, fmt: str, out: str | os.PathLike,
     return write_neuronpedia(vector, out, overwrite=overwrite)
 
 
+FILE_SUFFIXES = {"safetensors": ".safetensors", "gguf": ".gguf", "neuronpedia": ".neuronpedia.json"}
+
+
+def export_files(vector: SteeringVector, fmt: str, stem: str, strength: float | None = None,
+                 model: ModelShape | None = None) -> dict[str, bytes]:
+    """The files `export_vector` writes, as {file name: bytes} (for downloads): written into a
+    temporary folder as `<stem><suffix>` and read back. Raises InvalidInputError like
+    `export_vector` (e.g. a GGUF of a block-0 vector)."""
+    import tempfile
+
+    _check_format(fmt)
+    name = Path(stem).name
+    if not name or name in (".", ".."):
+        raise InvalidInputError(f"give a file name stem for the export, got {stem!r}")
+    with tempfile.TemporaryDirectory(prefix="steer-export-") as tmp:
+        paths = export_vector(vector, fmt, Path(tmp) / f"{name}{FILE_SUFFIXES[fmt]}",
+                              strength=strength, model=model)
+        return {p.name: p.read_bytes() for p in paths}
+
+
 # -- from a lab ------------------------------------------------------------------------------
 def load_vector(lab: Lab, name: str) -> SteeringVector:
     """A lab `steering` artifact, or a vector file pair / artifact folder given by path."""
@@ -288,6 +309,7 @@ __all__ = [
     "FORMATS",
     "ModelShape",
     "check_fits",
+    "export_files",
     "export_lab_vector",
     "export_vector",
     "gguf_directions",

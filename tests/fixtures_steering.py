@@ -95,3 +95,29 @@ def planted_setup(root: Path, tokens_per_language: int = 20, n_noise: int = 12) 
     sae.save_model(str(sae_path))
     return Planted(lab, corpus, model.eval(), sae.eval(), sae_path, languages,
                    {lang: j for j, lang in enumerate(languages)}, n_lang, coverage)
+
+
+PAGE_REPORT = "page-langfir"
+PAGE_EVAL = "page-langfir-eval"
+PAGE_LANGUAGES = ("en", "de", "fr")
+
+
+def add_steering_artifacts(lab, sae: str = "dash-sae", model: str = "lm",
+                           corpus: str = "corpus"):
+    """For the steering page tests: a small LangFIR report `page-langfir` of `sae` on three
+    languages, its stored DiffMean vectors `page-langfir-<lang>-diffmean` and a small steering
+    evaluation `page-langfir-eval` (idempotent; a few seconds)."""
+    from steering.evaluation import SteerEvalConfig, run_steer_eval
+    from steering.langfir import LangFIRConfig, run_langfir
+    from steering.making import make_report_vectors
+
+    if not lab.exists(PAGE_REPORT):
+        run_langfir(lab, PAGE_REPORT, model, sae, corpus, list(PAGE_LANGUAGES),
+                    LangFIRConfig(tau=0.2, tau_r=0.15, n_docs=30, stability_sizes=(10, 30),
+                                  n_random=30, ablation_docs=4, guide_docs=10), device="cpu")
+    make_report_vectors(lab, PAGE_REPORT, methods=("diffmean",), skip_existing=True)
+    if not lab.exists(PAGE_EVAL):
+        run_steer_eval(lab, PAGE_REPORT, PAGE_EVAL,
+                       SteerEvalConfig(methods=("diffmean", "langfir"), strengths=(0.0, 4.0),
+                                       prompts_per_source=1, max_new_tokens=6))
+    return lab

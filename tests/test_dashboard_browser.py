@@ -1,8 +1,8 @@
 """The dashboard in a real browser: `workbench app` on a free port of 127.0.0.1, driven with
 Debian's Chromium through playwright. Opens every page, searches a feature, runs
-test-your-text and a steering generation, checks the results appear, that the browser console
-shows no errors, and saves screenshots (1280 x 800) under a temporary folder
-($WORKBENCH_SCREENSHOTS to keep them)."""
+test-your-text and steering generations (feature browser, LangFIR and steering page), checks
+the results appear, that the browser console shows no errors, and saves screenshots
+(1280 x 800) under a temporary folder ($WORKBENCH_SCREENSHOTS to keep them)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_dashboard import SAE, add_dashboard_saes
+from fixtures_steering import add_steering_artifacts
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
 
 @pytest.fixture(scope="module")
 def served(tiny_lab):
-    lab = add_dashboard_saes(tiny_lab)
+    lab = add_steering_artifacts(add_dashboard_saes(tiny_lab))
     port = _free_port()
     env = {**os.environ, "WORKBENCH_LAB": str(lab.root),
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
@@ -147,6 +148,24 @@ def test_dashboard_pages_in_chromium(served, tmp_path):
         page.get_by_text("Steered (feature").first.wait_for(timeout=60_000)
         settle()
         page.screenshot(path=str(shots / "features-full.png"), full_page=True)
+
+        # LangFIR and steering: the report's tabs, then a steering generation
+        visit("LangFIR and steering", "Steering playground", "steering")
+        for tab in ("Selectivity", "Stability", "Ablation matrix", "Register check"):
+            page.get_by_role("tab", name=tab).click()
+            settle()
+            page.screenshot(path=str(shots / f"steering-{tab.split()[0].lower()}.png"))
+        page.get_by_role("button", name="Generate", exact=True).click()
+        page.get_by_text("Steered:").first.wait_for(timeout=60_000)
+        page.get_by_text("py3langid hears").first.wait_for(timeout=60_000)
+        settle()
+        assert not page.get_by_text("Traceback").count()
+        for anchor, shot in (("Steered:", "playground"), ("Steering evaluation", "evaluation"),
+                             ("Export", "export")):
+            page.get_by_text(anchor, exact=anchor == "Export").first.evaluate(
+                "e => e.scrollIntoView({block: 'start'})")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(shots / f"steering-{shot}.png"))
         browser.close()
     elapsed = time.time() - t0
     assert not errors, errors

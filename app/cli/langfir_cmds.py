@@ -59,32 +59,34 @@ def show(name: str, as_json: bool = typer.Option(False, "--json", help="Print JS
 
 
 def _print_report(report) -> None:
+    import math
+
+    from steering.report_views import ablation_pivot, kept_summary, stability_pivot
+
     meta = report.meta
     typer.echo(f"{report.name}: {meta['sae']} at {meta['hook']} of {meta['model']}, "
                f"tau {meta['config']['tau']}, tau_r {meta['config']['tau_r']}")
-    rows = []
-    feats = report.features
-    for lang in report.languages:
-        mine = feats[feats.language == lang]
-        rows.append({
-            "language": lang, "kept": len(mine),
-            "features": ",".join(str(i) for i in mine.feature.tolist()[:8]),
-            "min_selectivity": f"{mine.selectivity.min():.1f}" if len(mine) else "-",
-            "max_p_random": f"{mine.p_random.max():.3f}" if len(mine) else "-",
-            "max_guide_other": f"{mine.max_guide_p_other.max():.3f}" if len(mine) else "-",
-        })
+
+    def fmt(value: float, spec: str) -> str:
+        return "-" if math.isnan(value) else format(value, spec)  # NaN: no kept features
+
+    rows = [{"language": r.language, "kept": r.n_kept,
+             "features": ",".join(str(i) for i in r.features[:8]),
+             "min_selectivity": fmt(r.min_selectivity, ".1f"),
+             "max_p_random": fmt(r.max_p_random, ".3f"),
+             "max_guide_other": fmt(r.max_guide_p_other, ".3f")}
+            for r in kept_summary(report).itertuples()]
     echo_table(rows, ["language", "kept", "features", "min_selectivity", "max_p_random",
                       "max_guide_other"])
     if len(report.ablation):
         typer.echo("\nCE increase with the kept directions projected out (rows ablated, "
                    "columns evaluated):")
-        matrix = report.ablation.pivot(index="ablated", columns="evaluated", values="increase")
-        typer.echo(matrix.round(3).to_string())
+        typer.echo(ablation_pivot(report).round(3).to_string())
         dom = meta["summary"].get("ablation_dominance", {})
         typer.echo(f"diagonal-dominant (own >= {dom.get('factor')}x mean of others): "
                    f"{len(dom.get('passing', []))}/{len(dom.get('ratio', {}))}")
-    stab = report.stability.pivot(index="language", columns="n_docs", values="n_kept")
-    typer.echo("\nkept features by number of documents:\n" + stab.to_string())
+    typer.echo("\nkept features by number of documents:\n"
+               + stability_pivot(report).to_string())
     timings = meta.get("timings", {})
     typer.echo(f"\ntime: {timings.get('total_s', 0):.1f} s")
 

@@ -22,6 +22,8 @@ PAGES = {"lab": "pages/lab.py", "model": "pages/model.py", "saes": "pages/saes.p
 GOALS = {"lab": 2.0, "model": 2.0, "saes": 2.0, "features": 1.0}
 TITLES = {"lab": "The Lab page", "model": "The Model page", "saes": "The SAEs page",
           "features": "The feature browser"}  # first docstring lines of the pages' main()
+PAGES["steering"], GOALS["steering"], TITLES["steering"] = (  # with a playground generation
+    "pages/steering.py", 2.0, "The LangFIR and steering page")
 
 
 @dataclass
@@ -59,6 +61,8 @@ def bench_page(name: str, repeats: int = 5) -> PageTiming:
     cold = time.perf_counter() - t0
     if name == "features" and not at.exception:
         _all_panels(at)
+    if name == "steering" and not at.exception:
+        at.button(key="play-run").click().run()
     warm, trips = [], []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -70,6 +74,8 @@ def bench_page(name: str, repeats: int = 5) -> PageTiming:
         charts, codes = len(at.get("plotly_chart")), len(at.code)
         if charts < 3 or codes < 2:  # histogram, logit effects, your text; two generations
             problems.append(f"not every panel was drawn ({charts} charts, {codes} texts)")
+    if name == "steering" and not problems and len(at.code) < 2:
+        problems.append("the playground's generation was not drawn")
     return PageTiming(name, cold, statistics.median(warm), statistics.median(trips),
                       GOALS[name], problems)
 

@@ -46,6 +46,12 @@ JOB_KINDS = (
     JobKind("sweep", "Sweep SAEs", "several SAEs from one pass over the activations"),
     JobKind("eval", "Evaluate an SAE", "NMSE, FVU, L0, dead, CE score, eps_LBO, ZF plot"),
     JobKind("stats", "Feature statistics", "what the feature browser shows for an SAE"),
+    JobKind("langfir", "Run LangFIR", "language features of an SAE (kept features, "
+            "selectivity, stability, ablation matrix, register check) and its steering vectors"),
+    JobKind("steer-make", "Make a steering vector", "one vector from a LangFIR report "
+            "(a target language and a method), stored as a `steering` artifact"),
+    JobKind("steer-eval", "Evaluate steering", "a report's vectors steering prompts of every "
+            "language: target-language accuracy, fluency, BLEU per method x target x strength"),
 )
 
 
@@ -82,6 +88,54 @@ def _positive(values: dict[str, Any], key: str, problems: list[str], label: str,
         problems.append(f"{label} must be between {low} and {high}" if high is not None
                         else f"{label} must be at least {low}")
     return value
+
+
+def _fraction(values: dict[str, Any], key: str, problems: list[str], label: str) -> float:
+    try:
+        value = float(values.get(key))
+    except (TypeError, ValueError):
+        problems.append(f"{label} must be a number")
+        return 0.0
+    if not 0.0 < value <= 1.0:
+        problems.append(f"{label} must lie in (0, 1], got {value:g}")
+    return value
+
+
+def _finite(values: dict[str, Any], key: str, problems: list[str], label: str) -> float:
+    import math
+
+    try:
+        value = float(values.get(key))
+    except (TypeError, ValueError):
+        problems.append(f"{label} must be a number")
+        return 0.0
+    if not math.isfinite(value):
+        problems.append(f"{label} must be a finite number, got {value}")
+        return 0.0
+    return value
+
+
+def _float_list(text: str, problems: list[str], label: str) -> list[float]:
+    import math
+
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        problems.append(f"{label}: write numbers separated by commas, e.g. 0,2,4")
+        return []
+    if not values or not all(math.isfinite(v) for v in values):
+        problems.append(f"{label}: give at least one finite number")
+    return values
+
+
+def _words(text: Any) -> list[str]:
+    if isinstance(text, (list, tuple)):
+        return [str(t).strip() for t in text if str(t).strip()]
+    return [t.strip() for t in str(text or "").split(",") if t.strip()]
+
+
+def _report_languages(lab: Lab, report: str) -> list[str]:
+    return [str(x) for x in lab.get(report).manifest.get("languages", [])] if report else []
 
 
 def _int_list(text: str, problems: list[str], label: str) -> list[int]:
@@ -172,6 +226,8 @@ def plan(kind: str, values: dict[str, Any], lab: Lab) -> JobPlan:
         if values.get("acts"):
             args += ["--acts", _existing(lab, values["acts"], "activations", p, "activations")]
         return JobPlan(args, [sae], p)
+    if kind in ("langfir", "steer-make", "steer-eval"):
+        return _steering_plan(kind, values, lab, p)
     raise InvalidInputError(f"unknown job kind {kind!r}; one of "
                             f"{', '.join(k.key for k in JOB_KINDS)}")
 
@@ -187,3 +243,74 @@ def _sweep_names(prefix: str, archs: list[str], latents: list[int], ks: list[int
                 cfg = SAETrainConfig(name="pending", arch=arch, latents=n, k=k)
                 names.append(f"{prefix}-{cfg.variant_label()}")
     return list(dict.fromkeys(names))
+
+
+def _steering_plan(kind: str, values: dict[str, Any], lab: Lab, p: list[str]) -> JobPlan:
+    """`workbench langfir run`, `workbench steer make --from-report`, `workbench steer eval`."""
+    from steering.making import METHODS
+
+    if kind == "langfir":
+        model = _existing(lab, values.get("model", ""), "model", p, "model")
+        sae = _existing(lab, values.get("sae", ""), "sae", p, "SAE")
+        corpus = _existing(lab, values.get("corpus", ""), "corpus", p, "corpus")
+        inputs_ok = not p
+        name = _new_name(lab, values.get("name", ""), p)
+        if inputs_ok:
+            reads = lab.get(sae).manifest.get("model")
+            if reads and reads != model:
+                p.append(f"SAE {sae!r} reads model {reads!r}, not {model!r}; choose its model")
+        have = ([str(x) for x in lab.get(corpus).manifest.get("languages", [])]
+                if inputs_ok else [])
+        langs = _words(values.get("languages"))
+        unknown = [x for x in langs if have and x not in have]
+        if unknown:
+            p.append(f"corpus {corpus!r} has no language {', '.join(unknown)}; it has "
+                     f"{', '.join(have)}")
+        tau = _fraction(values, "tau", p, "tau")
+        tau_r = _fraction(values, "tau_r", p, "tau_r")
+        vectors = ([f"{name}-{x}-{m}" for x in (langs or have) for m in METHODS]
+                   if not p else [])
+        taken = [v for v in vectors if lab.exists(v)]
+        if taken:
+            p.append(f"the run would make the vector {taken[0]!r}, which exists; choose another "
+                     "name")
+        args = ["langfir", "run", "--model", model, "--sae", sae, "--corpus", corpus,
+                "--name", name, "--tau", f"{tau:g}", "--tau-r", f"{tau_r:g}"]
+        if langs:
+            args += ["--languages", ",".join(langs)]
+        return JobPlan(args, [name, *vectors], p)
+    report = _existing(lab, values.get("report", ""), "langfir", p, "LangFIR report")
+    langs = _report_languages(lab, report) if not p else []
+    if kind == "steer-make":
+        language = str(values.get("language") or "")
+        if langs and language not in langs:
+            p.append(f"report {report!r} has no language {language!r}; it covers "
+                     f"{', '.join(langs)}")
+        method = str(values.get("method") or "")
+        if method not in METHODS:
+            p.append(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+        name = _new_name(lab, values.get("name") or f"{report}-{language}-{method}", p)
+        strength = _finite(values, "strength", p, "strength (x resid_norm)")
+        return JobPlan(["steer", "make", name, "--from-report", report, "--language", language,
+                        "--method", method, "--strength", f"{strength:g}"], [name], p)
+    methods = _words(values.get("methods"))
+    if not methods:
+        p.append("choose at least one method")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        p.append(f"unknown methods {bad}; choose among {', '.join(METHODS)}")
+    strengths = _float_list(values.get("strengths", ""), p, "strengths")
+    targets = _words(values.get("targets"))
+    unknown = [t for t in targets if langs and t not in langs]
+    if unknown:
+        p.append(f"report {report!r} has no language {', '.join(unknown)}; it covers "
+                 f"{', '.join(langs)}")
+    prompts = _positive(values, "prompts", p, "prompts per source language", 1, 100)
+    tokens = _positive(values, "tokens", p, "tokens per continuation", 1, 500)
+    name = _new_name(lab, values.get("name") or f"{report}-eval", p)
+    args = ["steer", "eval", report, "--name", name, "--methods", ",".join(methods),
+            "--strengths", ",".join(f"{s:g}" for s in strengths),
+            "--prompts-per-source", str(prompts), "--max-new-tokens", str(tokens)]
+    if targets:
+        args += ["--targets", ",".join(targets)]
+    return JobPlan(args, [name], p)

@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from app.dashboard import common
+from app.dashboard import common, steer_forms
 from app.dashboard.job_forms import JOB_KINDS, SAE_ARCHS, SAE_BATCH, plan
 from app.dashboard.lineage import lineage_figure
 from workbench.jobs import ACTIVE, cancel, log_path
@@ -113,6 +113,9 @@ def job_form() -> None:
     titles = {k.title: k for k in JOB_KINDS}
     chosen = titles[st.selectbox("Job", list(titles), key="job-kind")]
     st.caption(chosen.summary)
+    if chosen.key in steer_forms.KINDS:
+        steer_forms.job_form(chosen.key, key="lab")
+        return
     values: dict = {}
     with st.form(f"form-{chosen.key}"):
         if chosen.key == "lm":

@@ -17,8 +17,7 @@
  *                 stays in L1 for its K pairs; each thread owns a range of latents (rows of
  *                 out), so the accumulation needs no locks and no sort of the pairs. With
  *                 `lens`, row n has only its first lens[n] pairs (a ragged code stored padded).
- * wb_gather_rows  out[n] = sum_{j < lens[n]} vals[n, j] * W[idx[n, j]] (+ bias): a ragged
- *                 code's decode (or the encode's input gradient), rows split over threads.
+ * wb_flatten_rows a ragged code stored padded [n, K] -> the flat pairs of embedding_bag.
  * wb_topafa_rows  top-AFA's k(x) per row of pre [n, L] over the whole dictionary, the full-sort
  *                 rule of sparse_ops.encode.topafa_select (s = (relu(pre) * norm)^2 sorted
  *                 descending, ties to the lower latent id; C_j = float(double cumulative
@@ -520,8 +519,10 @@ typedef struct {
 #define SCORE_BIN_SHIFT 21
 #define SCORE_BINS (1 << (31 - SCORE_BIN_SHIFT))
 
+#define SCORE_BANKS 4
+
 typedef struct {
-    double sum[SCORE_BINS];
+    float sum[SCORE_BINS * SCORE_BANKS]; /* bin b, bank q at b * SCORE_BANKS + q */
 } score_bins;
 
 /* One row: s = (relu(pre) * norm)^2 into s[0:L], summed per score bin; walking the bins from
@@ -531,36 +532,36 @@ typedef struct {
  * the crossing out of it, the next bin down is added. Returns k and fills front[0:*n_front]. */
 static int64_t topafa_row(const float *row, const float *norms, int64_t L, float zn, float *s,
                           candidates *c, uint64_t *front, int64_t *n_front, score_bins *bins) {
-    int lo = SCORE_BINS, hi = -1;
-    double total = 0.0;
+    uint32_t top_bits = 0; /* scores are >= 0, so their bits order like them */
     for (int64_t l = 0; l < L; l++) {
         float a = row[l] > 0.0f ? row[l] : 0.0f;
         float t = a * norms[l];
         s[l] = t * t;
-    }
-    for (int64_t l = 0; l < L; l++) {
-        if (!(s[l] > 0.0f)) continue;
         uint32_t bits;
         memcpy(&bits, &s[l], sizeof bits);
-        int b = (int)(bits >> SCORE_BIN_SHIFT);
-        if (b > SCORE_BINS - 1) continue; /* inf or NaN: compare as nothing */
-        if (b < lo) {
-            for (int z = b; z < (lo < SCORE_BINS ? lo : b + 1); z++) bins->sum[z] = 0.0;
-            lo = b;
-        }
-        if (b > hi) {
-            for (int z = (hi >= lo ? hi + 1 : b); z <= b; z++) bins->sum[z] = 0.0;
-            hi = b;
-        }
-        bins->sum[b] += s[l];
-        total += s[l];
+        top_bits = bits > top_bits ? bits : top_bits;
     }
-    double target = (double)zn * (double)zn, acc = 0.0;
+    /* every score into its bin, branch-free, over SCORE_BANKS interleaved copies of the bins so
+     * that runs of scores in one bin (the zeros of bin 0 above all) do not wait on each other */
+    const int lo = 1;
+    int hi = (int)((top_bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1));
+    memset(bins->sum, 0, (size_t)(hi + 1) * SCORE_BANKS * sizeof(float));
+    int64_t l = 0;
+    for (; l + SCORE_BANKS <= L; l += SCORE_BANKS)
+        for (int q = 0; q < SCORE_BANKS; q++) {
+            uint32_t bits;
+            memcpy(&bits, &s[l + q], sizeof bits);
+            bins->sum[((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) * SCORE_BANKS + q] += s[l + q];
+        }
+    for (; l < L; l++) {
+        uint32_t bits;
+        memcpy(&bits, &s[l], sizeof bits);
+        bins->sum[((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) * SCORE_BANKS] += s[l];
+    }
     int b = hi;
-    if (!(total >= target)) b = -1; /* ||z|| out of reach (or NaN): every positive score */
-    for (; b >= lo; b--) {
-        if (b < lo) break;
-        acc += bins->sum[b];
+    double target = (double)zn * (double)zn, acc = 0.0;
+    for (; b >= lo; b--) { /* b < lo at the end: ||z|| out of reach (or NaN): every score */
+        for (int q = 0; q < SCORE_BANKS; q++) acc += bins->sum[b * SCORE_BANKS + q];
         if (acc >= target) break;
     }
     for (;;) {
@@ -577,7 +578,10 @@ static int64_t topafa_row(const float *row, const float *norms, int64_t L, float
             *n_front = c->n;
             return k;
         }
-        for (b--; b >= lo && bins->sum[b] == 0.0; b--) {
+        for (b--; b >= lo; b--) { /* the next non-empty bin down */
+            float any = 0.0f;
+            for (int q = 0; q < SCORE_BANKS; q++) any += bins->sum[b * SCORE_BANKS + q];
+            if (any > 0.0f) break;
         }
     }
 }
@@ -640,49 +644,15 @@ int wb_topafa_rows(const float *pre, const float *norms, const float *zn, int64_
 }
 
 /* ---------------------------------------------------------------------------------------------
- * ragged gather-sum */
+ * ragged rows to flat bags */
 
-typedef struct {
-    const float *vals, *W, *bias;
-    const int64_t *idx, *lens;
-    int64_t K, L, D;
-    float *out;
-    int bad_index;
-} gather_job;
-
-static void gather_range(void *arg, int64_t row_begin, int64_t row_end) {
-    gather_job *job = (gather_job *)arg;
-    int64_t D = job->D, K = job->K;
-    for (int64_t n = row_begin; n < row_end; n++) {
-        float *restrict o = job->out + n * D;
-        if (job->bias)
-            memcpy(o, job->bias, (size_t)D * sizeof(float));
-        else
-            memset(o, 0, (size_t)D * sizeof(float));
-        int64_t row_len = job->lens ? job->lens[n] : K;
-        for (int64_t j = 0; j < row_len; j++) {
-            int64_t l = job->idx[n * K + j];
-            if (l < 0 || l >= job->L) {
-                job->bad_index = 1;
-                continue;
-            }
-            float v = job->vals[n * K + j];
-            const float *restrict w = job->W + l * D;
-            for (int64_t d = 0; d < D; d++) o[d] += v * w[d];
-        }
+/* vals, idx [n, K], lens [n], offsets [n] (exclusive prefix sums of lens) -> out_vals, out_idx
+ * [sum lens]: row r's first lens[r] pairs at offsets[r] (embedding_bag's flat input). */
+void wb_flatten_rows(const float *vals, const int64_t *idx, const int64_t *lens,
+                     const int64_t *offsets, int64_t n, int64_t K, float *out_vals,
+                     int64_t *out_idx) {
+    for (int64_t r = 0; r < n; r++) {
+        memcpy(out_vals + offsets[r], vals + r * K, (size_t)lens[r] * sizeof(float));
+        memcpy(out_idx + offsets[r], idx + r * K, (size_t)lens[r] * sizeof(int64_t));
     }
-}
-
-/* vals, idx [n, K], lens [n] or NULL, W [L, D], bias [D] or NULL -> out [n, D]. Returns 0, or -1
- * when an index is outside [0, L). */
-int wb_gather_rows(const float *vals, const int64_t *idx, const int64_t *lens, const float *W,
-                   const float *bias, int64_t n, int64_t K, int64_t L, int64_t D, float *out,
-                   int n_threads) {
-    if (n == 0) return 0;
-    gather_job job = {vals, W, bias, idx, lens, K, L, D, out, 0};
-    int parts = clamp_threads(n_threads, n);
-    int64_t bounds[MAX_THREADS + 1];
-    even_bounds(n, parts, bounds);
-    parallel_ranges(gather_range, &job, bounds, parts);
-    return job.bad_index ? -1 : 0;
 }

@@ -91,8 +91,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.wb_pair_sums.restype = ctypes.c_int
     lib.wb_topafa_rows.argtypes = [p, p, p, i64, i64, i64, p, p, p, p, ctypes.c_int]
     lib.wb_topafa_rows.restype = ctypes.c_int
-    lib.wb_gather_rows.argtypes = [p, p, p, p, p, i64, i64, i64, i64, p, ctypes.c_int]
-    lib.wb_gather_rows.restype = ctypes.c_int
+    lib.wb_flatten_rows.argtypes = [p, p, p, p, i64, i64, p, p]
+    lib.wb_flatten_rows.restype = None
     return lib
 
 
@@ -167,23 +167,20 @@ def pair_sums(vals: torch.Tensor, idx: torch.Tensor, G: torch.Tensor, rows: int,
     return out, bias, grad_vals
 
 
-def gather_rows(vals: torch.Tensor, idx: torch.Tensor, W: torch.Tensor,
-                bias: torch.Tensor | None = None, lengths: torch.Tensor | None = None
-                ) -> torch.Tensor:
-    """out[n] = sum_{j < lengths[n]} vals[n, j] * W[idx[n, j]] (+ bias) -> [n, d] float32 (all
-    K pairs without lengths): a ragged code's decode, costing its kept pairs only."""
-    vals, idx, W = vals.contiguous(), idx.to(torch.int64).contiguous(), W.contiguous()
-    if lengths is not None:
-        lengths = lengths.to(torch.int64).contiguous()
-    if bias is not None:
-        bias = bias.float().contiguous()
-    out = torch.empty(idx.shape[0], W.shape[1], dtype=torch.float32)
-    rc = library().wb_gather_rows(  # type: ignore[union-attr]
-        vals.data_ptr(), idx.data_ptr(), _ptr(lengths), W.data_ptr(), _ptr(bias), idx.shape[0],
-        idx.shape[1], W.shape[0], W.shape[1], out.data_ptr(), torch.get_num_threads())
-    if rc != 0:
-        raise ValueError(f"latent ids outside [0, {W.shape[0]})")
-    return out
+def flatten_rows(vals: torch.Tensor, idx: torch.Tensor, lengths: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A ragged code stored padded (vals float32, idx int64 [n, K], lengths [n]) -> the flat
+    pairs vals [nnz], idx [nnz] and the bag offsets [n] that F.embedding_bag takes."""
+    vals, idx = vals.contiguous(), idx.to(torch.int64).contiguous()
+    lengths = lengths.to(torch.int64).contiguous()
+    offsets = torch.cumsum(lengths, 0) - lengths
+    nnz = int(lengths.sum())
+    flat_vals = torch.empty(nnz, dtype=torch.float32)
+    flat_idx = torch.empty(nnz, dtype=torch.int64)
+    library().wb_flatten_rows(  # type: ignore[union-attr]
+        vals.data_ptr(), idx.data_ptr(), lengths.data_ptr(), offsets.data_ptr(), idx.shape[0],
+        idx.shape[1], flat_vals.data_ptr(), flat_idx.data_ptr())
+    return flat_vals, flat_idx, offsets
 
 
 def topafa_rows(pre: torch.Tensor, dec_norms: torch.Tensor, z_norm: torch.Tensor

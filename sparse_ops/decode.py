@@ -87,17 +87,19 @@ def gather_sum(
     """out[t] = sum_j vals[t, j] * W[idx[t, j]] (+ bias): [T, k] x [L, D] -> [T, D]; with
     lengths [T], j < lengths[t] only."""
     out_dtype = out_dtype or W.dtype
-    if backend == "cpu" and lengths is not None and cpu_native.usable(vals, W, bias):
-        return cpu_native.gather_rows(vals, idx, W, bias, lengths).to(out_dtype)
     if backend in ("torch", "cpu"):  # embedding_bag is ATen's own CPU kernel
         if lengths is None:
             out = F.embedding_bag(idx.long(), W.float(), per_sample_weights=vals.float(),
                                   mode="sum")
         else:  # the kept pairs as one flat bag per row
-            keep = padding_mask(lengths, idx.shape[1])
-            offsets = torch.cumsum(lengths, 0) - lengths
-            out = F.embedding_bag(idx[keep].long(), W.float(), offsets,
-                                  per_sample_weights=vals[keep].float(), mode="sum")
+            if backend == "cpu" and cpu_native.usable(vals):
+                flat_vals, flat_idx, offsets = cpu_native.flatten_rows(vals, idx, lengths)
+            else:
+                keep = padding_mask(lengths, idx.shape[1])
+                flat_vals, flat_idx = vals[keep], idx[keep].long()
+                offsets = torch.cumsum(lengths, 0) - lengths
+            out = F.embedding_bag(flat_idx, W.float(), offsets,
+                                  per_sample_weights=flat_vals.float(), mode="sum")
         if bias is not None:
             out = out + bias.float()
         return out.to(out_dtype)

@@ -17,8 +17,13 @@ def run(
     corpus: str = typer.Option(..., help="Corpus artifact with monolingual text per language."),
     name: str = typer.Option(..., help="Name of the report artifact (kind langfir)."),
     languages: str = typer.Option(None, help="Comma-separated languages (default: all)."),
-    tau: float = typer.Option(0.3, help="Frequency threshold: share of L's tokens."),
-    tau_r: float = typer.Option(0.1, "--tau-r", help="Random-token filter threshold."),
+    tau: float = typer.Option(0.05, help="Frequency threshold: share of L's tokens."),
+    tau_r: float = typer.Option(0.2, "--tau-r", help="Random-token filter threshold."),
+    min_selectivity: float = typer.Option(
+        5.0, help="Ours, not the paper's: also require p_L >= this x the largest frequency on "
+        "another language (reads the other languages' text); 0 = the paper's monolingual pick."),
+    max_features: int = typer.Option(5, help="Ours: at most this many features per language, "
+                                     "most frequent first; 0 = no cap."),
     n_docs: int = typer.Option(100, help="Monolingual documents per language."),
     vectors: bool = typer.Option(True, help="Also store the steering vectors "
                                  "<name>-<language>-<method>."),
@@ -34,7 +39,9 @@ def run(
     lab = get_lab()
     langs = [s.strip() for s in languages.split(",") if s.strip()] if languages else None
     run_langfir(lab, name, model, sae, corpus, langs,
-                LangFIRConfig(tau=tau, tau_r=tau_r, n_docs=n_docs), overwrite=overwrite,
+                LangFIRConfig(tau=tau, tau_r=tau_r, min_selectivity=min_selectivity or None,
+                              max_features=max_features or None, n_docs=n_docs),
+                overwrite=overwrite,
                 device=device)
     made = make_report_vectors(lab, name, strength=strength, overwrite=overwrite) if vectors else []
     report = load_report(lab, name)
@@ -60,20 +67,26 @@ def show(name: str, as_json: bool = typer.Option(False, "--json", help="Print JS
 
 def _print_report(report) -> None:
     meta = report.meta
+    cfg = meta["config"]
     typer.echo(f"{report.name}: {meta['sae']} at {meta['hook']} of {meta['model']}, "
-               f"tau {meta['config']['tau']}, tau_r {meta['config']['tau_r']}")
+               f"tau {cfg['tau']}, tau_r {cfg['tau_r']}, min_selectivity "
+               f"{cfg.get('min_selectivity')}, max_features {cfg.get('max_features')}")
     rows = []
     feats = report.features
+    per_lang = meta["summary"]["languages"]
     for lang in report.languages:
         mine = feats[feats.language == lang]
+        paper = per_lang[lang]
         rows.append({
             "language": lang, "kept": len(mine),
+            "paper_pick": (f"{paper['n_candidates']} ({paper['n_candidates_selective_5x']} >=5x)"
+                           if "n_candidates" in paper else "-"),
             "features": ",".join(str(i) for i in mine.feature.tolist()[:8]),
             "min_selectivity": f"{mine.selectivity.min():.1f}" if len(mine) else "-",
             "max_p_random": f"{mine.p_random.max():.3f}" if len(mine) else "-",
             "max_guide_other": f"{mine.max_guide_p_other.max():.3f}" if len(mine) else "-",
         })
-    echo_table(rows, ["language", "kept", "features", "min_selectivity", "max_p_random",
+    echo_table(rows, ["language", "kept", "paper_pick", "features", "min_selectivity", "max_p_random",
                       "max_guide_other"])
     if len(report.ablation):
         typer.echo("\nCE increase with the kept directions projected out (rows ablated, "

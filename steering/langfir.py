@@ -243,7 +243,7 @@ def kept_features(p_lang: torch.Tensor, p_rand: torch.Tensor, tau: float, tau_r:
     return order[:max_features] if max_features else order
 
 
-def _pick(cfg: "LangFIRConfig", lang: str, p: Mapping[str, torch.Tensor], p_rand: torch.Tensor,
+def _pick(cfg: LangFIRConfig, lang: str, p: Mapping[str, torch.Tensor], p_rand: torch.Tensor,
           paper: bool = False) -> list[int]:
     """kept_features of `lang` under cfg; `paper`: the paper's pick (tau, tau_r only)."""
     if paper:

@@ -11,19 +11,30 @@ lengths drawn from the documents' lengths). The kept features of L are
     K_L = { i : p_L(i) >= tau  and  p_rand(i) < tau_r }
 
 (consistently active on L, quiet on random tokens: position, BOS and generic features fire on
-random tokens too and do not encode language). Discovery uses only L's own text; the other
-languages serve evaluation: selectivity p_L(i) / max_{L' != L} p_L'(i), the register check
+random tokens too and do not encode language). The paper's discovery uses only L's own text;
+the other languages serve evaluation: selectivity p_L(i) / max_{L' != L} p_L'(i), the register check
 (frequencies on every language's installation-guide text, the corpus's parallel set), the
 stability of K_L over 10/30/100/300 documents, and the directional-ablation matrix (CE per
 evaluation language with K_L's decoder directions projected out at the SAE's hook).
 
-Defaults: tau = 0.3 and tau_r = 0.1. On the default lab (TopK SAE, 2048 latents, k 32, at
-blocks.1.hook_resid_post of the 4 x 128 LM) a feature fires on 1.6% of tokens on average, so
-tau = 0.3 asks for ~20x that on one language. Random sequences over a 4096-token vocabulary
-shared by nine languages contain every language's tokens, so even the most selective language
-features fire on 2-5% of random tokens there, while generic features reach 20-45%; tau_r = 0.1
-sits between the two. With tau_r = 0.05 English, Spanish, Italian and Portuguese keep nothing
-on the default lab; with 0.1 every language keeps 3-9 features.
+Two additions of ours (not in the paper; LangFIRConfig.min_selectivity and max_features, both
+can be switched off to get the paper's pick): a selectivity filter, p_L(i) >= min_selectivity x
+max_{L' != L} p_L'(i), which reads the other languages' text (so discovery is then no longer
+monolingual), and a cap of max_features per language (most frequent on L first). The report
+records the paper's pick beside ours (summary: n_candidates, n_candidates_selective_5x).
+
+Defaults: tau = 0.05, tau_r = 0.2, min_selectivity = 5, max_features = 5. Why, on the default
+lab (TopK SAE, 2048 latents, k 32, at blocks.1.hook_resid_post of the 4 x 128 LM; a feature
+fires on ~1% of tokens on average): random sequences over a 4096-token vocabulary shared by nine
+languages contain every language's tokens, so language features fire on random tokens too
+(0.1-14%), overlapping the generic features (12-44%). No (tau, tau_r) of the paper's pick makes
+every kept feature 5x selective there: it keeps 45-100 features per language at tau 0.05, of
+which 1-17 reach 5x, and related languages (es/pt/it) share features that the random-token
+filter cannot tell apart. The selectivity filter removes the generic features, so tau_r can be
+0.2 (with 0.1 it also dropped German's and Italian's most frequent language features and the
+ablation matrix was diagonal-dominant for 7 of 9 languages instead of 8); tau 0.05 keeps
+English's and Spanish's only 5x features (they fire on 7.7% and 7.0% of those languages'
+tokens; at tau 0.1 both keep nothing). Measured figures: README.md and docs/usage.md.
 
     result = discover(model, sae, texts={"en": [...], "de": [...]}, config=LangFIRConfig())
     art = run_langfir(lab, "langfir-topk", model="default-lm", sae="default-topk",
@@ -40,6 +51,7 @@ language at the hook, for DiffMean), report.json (config, summary, timings).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -65,6 +77,11 @@ class LangFIRConfig:
 
     tau: frequency threshold (a candidate fires on at least this share of L's tokens).
     tau_r: random-token filter (a kept feature fires on less than this share of random tokens).
+    min_selectivity: ours, not the paper's: also require p_L(i) >= min_selectivity x
+    max_{L' != L} p_L'(i). This reads the other languages' text, so the pick is no longer
+    monolingual; None (or 0) gives the paper's monolingual pick.
+    max_features: ours: keep at most this many features per language, the most frequent on L
+    first (the paper finds typically fewer than five survivors; it reports no cap). None: no cap.
     n_docs: monolingual documents per language for the kept set (train split).
     stability_sizes: document counts at which the kept set is recomputed (10/30/100/300).
     n_random: random-token sequences. ablation_docs: validation documents per language for the
@@ -73,8 +90,10 @@ class LangFIRConfig:
     forward pass. seed: random tokens and document order.
     """
 
-    tau: float = 0.3
-    tau_r: float = 0.1
+    tau: float = 0.05
+    tau_r: float = 0.2
+    min_selectivity: float | None = 5.0
+    max_features: int | None = 5
     n_docs: int = 100
     stability_sizes: tuple[int, ...] = STABILITY_SIZES
     n_random: int = 100
@@ -92,6 +111,14 @@ class LangFIRConfig:
         for label in ("n_docs", "n_random", "ablation_docs", "batch_size"):
             if int(getattr(self, label)) < 1:
                 raise InvalidInputError(f"{label} must be >= 1, got {getattr(self, label)}")
+        if self.min_selectivity is not None and not (
+                isinstance(self.min_selectivity, (int, float))
+                and math.isfinite(self.min_selectivity) and self.min_selectivity >= 0):
+            raise InvalidInputError(f"min_selectivity must be a number >= 0 (or None), got "
+                                    f"{self.min_selectivity!r}")
+        if self.max_features is not None and int(self.max_features) < 1:
+            raise InvalidInputError(f"max_features must be >= 1 (or None for no cap), got "
+                                    f"{self.max_features}")
         if any(int(n) < 1 for n in self.stability_sizes):
             raise InvalidInputError(f"stability sizes must be >= 1, got {self.stability_sizes}")
 
@@ -189,11 +216,42 @@ def random_token_documents(tokenizer, lengths: Sequence[int], n: int, d_vocab: i
     return out
 
 
-def kept_features(p_lang: torch.Tensor, p_rand: torch.Tensor, tau: float, tau_r: float) -> list[int]:
-    """K_L = {i : p_L(i) >= tau and p_rand(i) < tau_r}, most frequent on L first."""
+def selectivity(p_lang: torch.Tensor, p_others: torch.Tensor | None) -> torch.Tensor:
+    """p_L(i) / max_{L' != L} p_L'(i) per feature: p_lang [d_sae], p_others [n_other, d_sae]
+    (inf where no other language fires or there is none)."""
+    if p_others is None or p_others.shape[0] == 0:
+        return torch.full_like(p_lang, float("inf"))
+    top = p_others.max(0).values
+    return torch.where(top > 0, p_lang / top.clamp_min(1e-12), torch.full_like(p_lang, float("inf")))
+
+
+def kept_features(p_lang: torch.Tensor, p_rand: torch.Tensor, tau: float, tau_r: float,
+                  p_others: torch.Tensor | None = None, min_selectivity: float | None = None,
+                  max_features: int | None = None) -> list[int]:
+    """The kept features of L, most frequent on L first.
+
+    Paper: K_L = {i : p_L(i) >= tau and p_rand(i) < tau_r} (p_lang, p_rand [d_sae]).
+    Ours, both optional: with min_selectivity, also p_L(i) >= min_selectivity x
+    max_{L' != L} p_L'(i) (p_others [n_other, d_sae]: the other languages' frequencies; no
+    filter without other languages); with max_features, the first max_features of K_L.
+    """
     keep = (p_lang >= tau) & (p_rand < tau_r)
+    if min_selectivity:
+        keep &= selectivity(p_lang, p_others) >= min_selectivity
     idx = torch.nonzero(keep).flatten()
-    return idx[torch.argsort(p_lang[idx], descending=True)].tolist()
+    order = idx[torch.argsort(p_lang[idx], descending=True, stable=True)].tolist()
+    return order[:max_features] if max_features else order
+
+
+def _pick(cfg: LangFIRConfig, lang: str, p: Mapping[str, torch.Tensor], p_rand: torch.Tensor,
+          paper: bool = False) -> list[int]:
+    """kept_features of `lang` under cfg; `paper`: the paper's pick (tau, tau_r only)."""
+    if paper:
+        return kept_features(p[lang], p_rand, cfg.tau, cfg.tau_r)
+    others = [p[o] for o in p if o != lang]
+    return kept_features(p[lang], p_rand, cfg.tau, cfg.tau_r,
+                         torch.stack(others) if others else None, cfg.min_selectivity,
+                         cfg.max_features)
 
 
 # -- directional ablation --------------------------------------------------------------------
@@ -310,7 +368,9 @@ def discover(model, sae, texts: Mapping[str, Sequence[str]], config: LangFIRConf
     stats = {lang: accs[lang].stats(cfg.n_docs) for lang in langs}
     timings["statistics_s"] = time.perf_counter() - t0
 
-    kept = {lang: kept_features(stats[lang].p, rand.p, cfg.tau, cfg.tau_r) for lang in langs}
+    p_all = {lang: stats[lang].p for lang in langs}
+    kept = {lang: _pick(cfg, lang, p_all, rand.p) for lang in langs}
+    candidates = {lang: _pick(cfg, lang, p_all, rand.p, paper=True) for lang in langs}
     guide = {}
     t1 = time.perf_counter()
     for lang, paragraphs in (guide_texts or {}).items():
@@ -339,7 +399,7 @@ def discover(model, sae, texts: Mapping[str, Sequence[str]], config: LangFIRConf
 
     all_tokens = sum(s.n_tokens for s in stats.values())
     resid_norm = sum(s.resid_norm * s.n_tokens for s in stats.values()) / all_tokens
-    summary = _summary(langs, kept, features, ablation, rand, stats)
+    summary = _summary(langs, kept, candidates, features, ablation, rand, stats, cfg)
     timings["total_s"] = time.perf_counter() - t0
     return LangFIRResult(hook=hook, languages=langs, kept=kept, features=features,
                          frequencies=frequencies, stability=stability, ablation=ablation,
@@ -384,32 +444,45 @@ def _kept_table(kept, freq: pd.DataFrame, langs, guide) -> pd.DataFrame:
 
 
 def _stability_table(langs, accs, rand, cfg: LangFIRConfig) -> pd.DataFrame:
+    """The kept set of every language recomputed from the first n documents of each language
+    (n in cfg.stability_sizes), with its Jaccard overlap to the set at the largest n."""
+    sizes = sorted(set(cfg.stability_sizes))
+    sets: dict[str, dict[int, set[int]]] = {lang: {} for lang in langs}
+    used: dict[str, dict[int, int]] = {lang: {} for lang in langs}
+    for n in sizes:
+        for lang in langs:
+            used[lang][n] = min(n, accs[lang].counts.shape[0])
+        p_n = {lang: accs[lang].stats(used[lang][n]).p for lang in langs}
+        for lang in langs:
+            sets[lang][n] = set(_pick(cfg, lang, p_n, rand.p))
     rows = []
     for lang in langs:
-        n_have = accs[lang].counts.shape[0]
-        sets = {}
-        for n in sorted(set(cfg.stability_sizes)):
-            used = min(n, n_have)
-            sets[n] = set(kept_features(accs[lang].stats(used).p, rand.p, cfg.tau, cfg.tau_r))
-            rows.append({"language": lang, "n_docs": n, "docs_used": used,
-                         "n_kept": len(sets[n]), "kept": sorted(sets[n])})
-        largest = sets[max(sets)]
-        for row in rows[-len(sets):]:
-            s = set(row["kept"])
+        largest = sets[lang][sizes[-1]]
+        for n in sizes:
+            s = sets[lang][n]
             union = s | largest
-            row["jaccard_to_largest"] = len(s & largest) / len(union) if union else 1.0
+            rows.append({"language": lang, "n_docs": n, "docs_used": used[lang][n],
+                         "n_kept": len(s), "kept": sorted(s),
+                         "jaccard_to_largest": len(s & largest) / len(union) if union else 1.0})
     return pd.DataFrame(rows, columns=["language", "n_docs", "docs_used", "n_kept", "kept",
                                        "jaccard_to_largest"])
 
 
-def _summary(langs, kept, features: pd.DataFrame, ablation: pd.DataFrame, rand,
-             stats) -> dict[str, Any]:
+def _summary(langs, kept, candidates, features: pd.DataFrame, ablation: pd.DataFrame, rand,
+             stats, cfg: LangFIRConfig) -> dict[str, Any]:
+    p_all = {lang: stats[lang].p for lang in langs}
     per_lang = {}
     for lang in langs:
         rows = features[features.language == lang]
+        others = [p_all[o] for o in langs if o != lang]
+        paper_sel = selectivity(p_all[lang], torch.stack(others) if others else None)
+        paper_sel = paper_sel[candidates[lang]]
         per_lang[lang] = {
             "n_kept": len(kept[lang]),
             "kept": kept[lang],
+            # the paper's pick (tau and tau_r only): its size and how many of it reach 5x
+            "n_candidates": len(candidates[lang]),
+            "n_candidates_selective_5x": int((paper_sel >= 5.0).sum()),
             "min_selectivity": float(rows.selectivity.min()) if len(rows) else None,
             "n_tokens": stats[lang].n_tokens,
         }
@@ -418,6 +491,8 @@ def _summary(langs, kept, features: pd.DataFrame, ablation: pd.DataFrame, rand,
                  if per_lang[lang]["min_selectivity"] is not None
                  and per_lang[lang]["min_selectivity"] >= 5.0]
     return {
+        "selection": "monolingual (paper)" if not cfg.min_selectivity
+        else f"selectivity >= {cfg.min_selectivity:g} (reads the other languages)",
         "languages": per_lang,
         "languages_with_features": with_features,
         "languages_all_selective_5x": selective,

@@ -67,8 +67,9 @@ def vector_from_report(report: LangFIRReport, language: str, method: str, sae=No
             idx = report.kept(language)
             if not idx:
                 raise InvalidInputError(
-                    f"LangFIR kept no features for {language!r} in {report.name!r}; lower tau "
-                    "(or tau_r) in `workbench langfir run`, or use diffmean/saediff")
+                    f"LangFIR kept no features for {language!r} in {report.name!r}; lower --tau "
+                    "or --min-selectivity (or raise --tau-r) in `workbench langfir run`, or use "
+                    "diffmean/saediff")
             mu_col = freq[f"mu_{language}"].to_numpy()
             weights = [float(mu_col[i]) for i in idx] if method == "langfir" else [1.0] * len(idx)
         if not idx:

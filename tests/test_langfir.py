@@ -8,7 +8,7 @@ import pytest
 import torch
 from fixtures_steering import HOOK0, planted_setup
 
-from steering.langfir import LangFIRConfig, discover, load_report, run_langfir
+from steering.langfir import LangFIRConfig, discover, kept_features, load_report, run_langfir
 from workbench.errors import InvalidInputError, NotFoundError
 
 
@@ -19,8 +19,8 @@ def planted(tmp_path_factory):
 
 def _config(planted, **kw):
     tau = 0.5 * min(planted.coverage.values())
-    return LangFIRConfig(tau=tau, tau_r=0.08, n_docs=60, n_random=60, ablation_docs=8,
-                         stability_sizes=(10, 30, 60), **kw)
+    return LangFIRConfig(**{"tau": tau, "tau_r": 0.08, "n_docs": 60, "n_random": 60,
+                            "ablation_docs": 8, "stability_sizes": (10, 30, 60), **kw})
 
 
 def test_keeps_exactly_the_planted_features(planted):
@@ -42,6 +42,41 @@ def test_keeps_exactly_the_planted_features(planted):
     assert result.mean_resid[planted.languages[0]].shape == (planted.model.cfg.d_model,)
     stab = result.stability[result.stability.n_docs == 60]
     assert (stab.jaccard_to_largest == 1.0).all()
+
+
+def test_kept_features_paper_pick_selectivity_and_cap():
+    #                       0     1     2     3     4     5
+    p_lang = torch.tensor([0.90, 0.80, 0.70, 0.60, 0.01, 0.65])
+    p_rand = torch.tensor([0.01, 0.01, 0.50, 0.00, 0.00, 0.05])
+    p_others = torch.tensor([[0.05, 0.40, 0.70, 0.00, 0.00, 0.10],
+                             [0.02, 0.10, 0.60, 0.00, 0.00, 0.05]])
+    # the paper's pick: frequent on L (tau) and quiet on random tokens (tau_r); 2 is generic
+    assert kept_features(p_lang, p_rand, 0.05, 0.2) == [0, 1, 5, 3]
+    # ours: 1 fires half as often on another language (selectivity 2) and goes
+    assert kept_features(p_lang, p_rand, 0.05, 0.2, p_others, 5.0) == [0, 5, 3]
+    assert kept_features(p_lang, p_rand, 0.05, 0.2, p_others, 5.0, max_features=2) == [0, 5]
+    assert kept_features(p_lang, p_rand, 0.05, 0.2, max_features=1) == [0]
+    # no other language: nothing to compare with, so no selectivity filter
+    assert kept_features(p_lang, p_rand, 0.05, 0.2, None, 5.0) == [0, 1, 5, 3]
+
+
+def test_selectivity_pick_drops_features_shared_with_another_language(planted):
+    """A second copy of German text makes the German feature fire as often on another
+    "language": the paper's monolingual pick keeps it for both, the selectivity pick for
+    neither, and every other language keeps its planted feature either way."""
+    texts = {lang: planted.corpus.texts("train", lang) for lang in planted.languages}
+    texts["de2"] = texts["de"]
+    cfg = _config(planted, min_selectivity=None, stability_sizes=(60,))
+    paper = discover(planted.model, planted.sae, texts, cfg)
+    assert paper.kept["de"] == paper.kept["de2"] == [planted.planted["de"]]
+    assert paper.summary["selection"] == "monolingual (paper)"
+    ours = discover(planted.model, planted.sae, texts,
+                    _config(planted, min_selectivity=5.0, stability_sizes=(60,)))
+    assert ours.kept["de"] == ours.kept["de2"] == []
+    assert ours.summary["languages"]["de"]["n_candidates"] == 1  # the paper's pick, recorded
+    for lang in planted.languages:
+        if lang != "de":
+            assert ours.kept[lang] == [planted.planted[lang]]
 
 
 def test_report_artifact_round_trip(planted):
@@ -92,6 +127,11 @@ def test_bad_input_gives_clear_errors_and_writes_nothing(planted, tmp_path):
     _fails(lab, "bad4", "no hook", NotFoundError, sae=str(tmp_path / "deep"))
     with pytest.raises(InvalidInputError, match="tau"):
         LangFIRConfig(tau=float("nan")).validate()
+    with pytest.raises(InvalidInputError, match="max_features"):
+        LangFIRConfig(max_features=0).validate()
+    with pytest.raises(InvalidInputError, match="min_selectivity"):
+        LangFIRConfig(min_selectivity=float("nan")).validate()
+    _fails(lab, "bad5", "max_features", sae=sae, config=LangFIRConfig(max_features=-1))
     with pytest.raises(InvalidInputError, match="at least one"):
         discover(planted.model, planted.sae, {})
     assert torch.isfinite(planted.sae.W_dec).all()
@@ -173,6 +213,15 @@ def test_steer_commands(planted, monkeypatch, capsys):
     summary = pd.read_parquet(lab.get("planted-eval").path / "summary.parquet")
     assert set(summary.strength) == {0.0, 8.0} and set(summary.target) == {"ru"}
     assert {"accuracy", "accuracy_langdetect", "fluency_ce", "bleu"} <= set(summary.columns)
+    code, out, err = _cli(monkeypatch, capsys, lab, "langfir", "run", "--model", "planted-lm",
+                          "--sae", str(planted.sae_path), "--corpus", "corpus", "--name",
+                          "paper-pick", "--tau", str(_config(planted).tau), "--tau-r", "0.08",
+                          "--min-selectivity", "0", "--max-features", "0", "--n-docs", "30",
+                          "--no-vectors", "--json")
+    assert code == 0, err
+    meta = load_report(lab, "paper-pick").meta
+    assert meta["config"]["min_selectivity"] is None and meta["config"]["max_features"] is None
+    assert meta["summary"]["selection"] == "monolingual (paper)"
     code, out, err = _cli(monkeypatch, capsys, lab, "langfir", "run", "--model", "planted-lm",
                           "--sae", str(planted.sae_path), "--corpus", "corpus", "--languages",
                           "en,xx", "--name", "never")

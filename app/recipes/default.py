@@ -12,8 +12,9 @@ stopped, and the second run only starts the dashboard):
 5. `default-lang-probe`  language-ID probe at that hook (validated on held-out documents)
 6. `default-topk`, `default-topafa`  a TopK and a top-AFA SAE trained in one pass, each with its
    evaluation (eval.json) and feature statistics (Parquet)
-7. `default-langfir`  LangFIR language features of the TopK SAE (report: kept features,
-   stability, ablation matrix, register check), and its steering vectors
+7. `default-langfir`  LangFIR language features of the TopK SAE with the LangFIRConfig defaults
+   (tau 0.05, tau_r 0.2, our selectivity >= 5 filter and cap of 5 per language; report: kept
+   features, stability, ablation matrix, register check), and its steering vectors
    `default-langfir-<language>-<method>` (langfir, langfir_eq, diffmean, saediff)
 """
 
@@ -52,6 +53,10 @@ class DefaultRecipe:
     eval_tokens: int = 16_384
     stats_tokens: int = 20_000
     langfir: str = "default-langfir"
+    # TopK, not top-AFA: on the lab built 2026-12-03 top-AFA's most frequent feature that fires
+    # 5x more often on Italian than on any other language fires on 0.2% of Italian tokens, so
+    # Italian keeps nothing at any useful tau; TopK keeps 5x features for every language
+    # (docs/usage.md, LangFIR)
     langfir_sae: str = "default-topk"
 
 

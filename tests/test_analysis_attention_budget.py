@@ -68,11 +68,13 @@ def test_a_smaller_budget_changes_the_output_and_matches_block_sparse_attention(
     assert tight.compute_sparsity > 0.5
     assert tight.mean_kl > 1e-4 and tight.loss_sparse != pytest.approx(tight.loss_dense)
     assert (tight.per_layer.output_error > 0).all()
-    kept_rows = (tight.pattern_sparse > 0).sum(-1)
+    kept_rows = tight.kept.sum(-1)
     assert kept_rows[63] == 7 and kept_rows[0] == 1  # ceil(0.1 * 64), ceil(0.1 * 1)
+    assert (tight.pattern_sparse[~tight.kept] == 0).all()
     # only layer 1 budgeted: layer 0's output is untouched
     one = text_whatif(small_model, tokens, AttentionBudget("top_fraction", 0.1), layers=[1])
     assert one.layers_sparse == [1] and list(one.per_layer.layer) == [1]
+    assert one.kept.sum() == 64 * 65 // 2  # the shown layer 0 is not budgeted: all kept
     # block top-k through the pattern hook = sparse_ops' block-sparse attention (hook_z)
     cfg = AttentionConfig(block_size=16, batch_tokens=4096)
     budget = AttentionBudget("block_topk", 2, 16)

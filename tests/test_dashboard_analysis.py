@@ -103,7 +103,9 @@ def test_attention_whatif_slider_changes_the_shown_result(analysis_lab, monkeypa
     assert _metric(at, "compute sparsity") != "0%"
     assert float(_metric(at, "mean KL to the dense model")) > 0
     assert _metric(at, "loss on the text (nats)") != full_loss
-    assert any("Layer 1 head 0: budget in every layer" in c for c in _charts(at))
+    assert any("Layer 1 head 0: top 10% of each row in every layer" in c for c in _charts(at))
+    at.radio(key="attn-view").set_value("dense").run()
+    assert any("Layer 1 head 0: dense attention" in c for c in _charts(at))
     # the block-sparse budget, on one layer only
     at.radio(key="attn-budget").set_value(
         "Block-sparse budget (key blocks per query block)").run()
@@ -126,7 +128,7 @@ def test_depth_page_draws_matrix_bars_and_variance(analysis_lab, monkeypatch):
     charts = _charts(at)
     assert len(charts) == 5  # angular matrix, removal, usefulness, variance, causal
     assert any("angular distance" in c and "n = 1" in c for c in charts)
-    assert any("useful above 1.1" in c for c in charts)
+    assert any("useful above x1.1" in c for c in charts)
     assert any("residual stream" in c and "MLP output" in c for c in charts)
     at.toggle(key="depth-last").set_value(True).run()
     _clean(at)

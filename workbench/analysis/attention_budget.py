@@ -121,6 +121,7 @@ class BudgetRecord:
     err_num: dict[int, float] = field(default_factory=dict)
     err_den: dict[int, float] = field(default_factory=dict)
     pattern: torch.Tensor | None = None  # [head, s, s] as the forward pass used it
+    mask: torch.Tensor | None = None     # [head, s, s] bool, the kept cells
 
     def layers(self) -> pd.DataFrame:
         rows = [{"layer": l, "compute_sparsity": 1.0 - self.kept[l] / max(1.0, self.causal[l]),
@@ -184,6 +185,7 @@ def budget_hooks(model, budget: AttentionBudget, layers: Sequence[int] | None = 
                 z.float().pow(2).sum())
             if layer == record.show_layer:
                 record.pattern = new[0].detach().float().cpu()
+                record.mask = mask[0].cpu()
         return new
 
     hooks = []
@@ -217,6 +219,7 @@ class TextWhatIf:
     per_layer: pd.DataFrame        # layer, compute_sparsity, output_error
     pattern_dense: np.ndarray      # [T, T] the shown head's dense pattern
     pattern_sparse: np.ndarray     # [T, T] the same head under the budget
+    kept: np.ndarray               # [T, T] bool, the cells the budget keeps (causal: all)
 
     @property
     def loss_delta(self) -> float:
@@ -255,11 +258,14 @@ def text_whatif(model, tokens: torch.Tensor, budget: AttentionBudget,
     kl = (logp_d.exp() * (logp_d - logp_s)).sum(-1).clamp_min(0)
     agree = (logp_d.argmax(-1) == logp_s.argmax(-1)).float().mean()
     kept, causal = sum(record.kept.values()), sum(record.causal.values())
-    sparse_pattern = record.pattern[head] if record.pattern is not None else dense_pattern
+    if record.pattern is not None:
+        sparse_pattern, kept_cells = record.pattern[head], record.mask[head]
+    else:  # the shown layer is not budgeted
+        sparse_pattern, kept_cells = dense_pattern, causal_mask(tokens.shape[1])
     return TextWhatIf(
         budget=budget, layers_sparse=sorted(record.kept), loss_dense=float(loss_d.mean()),
         loss_sparse=float(loss_s.mean()), token_loss_dense=loss_d.float().cpu().numpy(),
         token_loss_sparse=loss_s.float().cpu().numpy(), kl=kl.cpu().numpy(),
         top1_agreement=float(agree), compute_sparsity=1.0 - kept / max(1.0, causal),
         per_layer=record.layers(), pattern_dense=dense_pattern.numpy(),
-        pattern_sparse=sparse_pattern.numpy())
+        pattern_sparse=sparse_pattern.numpy(), kept=kept_cells.numpy())

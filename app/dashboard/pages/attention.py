@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -114,15 +113,32 @@ def stored_section(art) -> str | None:
 
 
 # -- live pattern map and what-if ---------------------------------------------------------------
-def pattern_figure(pattern: np.ndarray, tokens: list[str], title: str) -> go.Figure:
+def pattern_figure(result, tokens: list[str], title: str, budgeted: bool) -> go.Figure:
+    """The shown head's pattern [T, T]: dense, or under the budget with the kept cells in blue
+    (renormalized attention) and the dropped ones in red (the dense model's attention)."""
     labels = [f"{i}:{t}" for i, t in enumerate(tokens)]
-    shown = np.where(np.tril(np.ones_like(pattern)) > 0, pattern, np.nan)
-    fig = px.imshow(shown, x=labels, y=labels, aspect="auto", color_continuous_scale="Blues",
-                    zmin=0, zmax=float(np.nanmax(shown)) if np.isfinite(shown).any() else 1,
-                    labels={"x": "key token", "y": "query token", "color": "attention"})
+    causal = np.tril(np.ones(result.kept.shape, dtype=bool))
+    hover = "query %{y}<br>key %{x}<br>attention %{z:.4f}<extra>%{fullData.name}</extra>"
+    fig = go.Figure()
+    if budgeted:
+        kept = np.where(result.kept, result.pattern_sparse, np.nan)
+        dropped = np.where(causal & ~result.kept, result.pattern_dense, np.nan)
+        fig.add_trace(go.Heatmap(z=kept, x=labels, y=labels, colorscale="Blues", zmin=0,
+                                 zmax=1, name="kept (renormalized)", hovertemplate=hover,
+                                 colorbar={"title": "kept", "x": 1.0, "len": 0.9}))
+        top = float(np.nanmax(dropped)) if np.isfinite(dropped).any() else 1.0
+        fig.add_trace(go.Heatmap(z=dropped, x=labels, y=labels, colorscale="Reds", zmin=0,
+                                 zmax=max(top, 1e-6), name="dropped (dense attention)",
+                                 hovertemplate=hover,
+                                 colorbar={"title": "dropped", "x": 1.09, "len": 0.9}))
+    else:
+        fig.add_trace(go.Heatmap(z=np.where(causal, result.pattern_dense, np.nan), x=labels,
+                                 y=labels, colorscale="Blues", zmin=0, name="dense",
+                                 hovertemplate=hover, colorbar={"title": "attention"}))
+    fig.update_yaxes(autorange="reversed", title_text="query token")
+    fig.update_xaxes(tickangle=-60, title_text="key token")
     fig.update_layout(title=title)
-    fig.update_xaxes(tickangle=-60)
-    return common.style(fig, min(720, max(380, 15 * len(tokens) + 160)))
+    return common.style(fig, min(860, max(420, 12 * len(tokens) + 220)))
 
 
 def token_effect_figure(result, tokens: list[str]) -> go.Figure:
@@ -180,15 +196,13 @@ def live_section(default_model: str | None) -> None:
     m[3].metric("compute sparsity", f"{result.compute_sparsity:.0%}",
                 help="1 - kept / causal cells of the budgeted layers (tokens for the top "
                      "share, blocks for the block budget)")
-    p1, p2 = st.columns(2)
-    with p1:
-        common.chart(pattern_figure(result.pattern_dense, tokens,
-                                    f"Layer {layer} head {head}: dense"), key="attn-dense")
-    with p2:
-        scope = "this layer" if only_layer else "every layer"
-        common.chart(pattern_figure(result.pattern_sparse, tokens,
-                                    f"Layer {layer} head {head}: budget in {scope}"),
-                     key="attn-sparse")
+    view = st.radio("Pattern map", ["under the budget: kept and dropped", "dense"],
+                    horizontal=True, key="attn-view")
+    scope = f"layer {layer}" if only_layer else "every layer"
+    budgeted = view != "dense"
+    title = (f"Layer {layer} head {head}: {result.budget.describe()} in {scope} (blue kept, "
+             "red dropped)" if budgeted else f"Layer {layer} head {head}: dense attention")
+    common.chart(pattern_figure(result, tokens, title, budgeted), key="attn-pattern")
     t1, t2 = st.columns([3, 1])
     with t1:
         common.chart(token_effect_figure(result, tokens), key="attn-kl")

@@ -18,18 +18,19 @@ VARIANCES = {"resid_var": "residual stream", "attn_var": "attention output",
 def angular_figure(angular: pd.DataFrame, column: str) -> go.Figure:
     """d(l, l + n) as a matrix: rows the starting residual stream l, columns the distance n."""
     grid = angular.pivot(index="layer", columns="n", values=column).sort_index()
-    n_layers = int(grid.index.max())
-    ylabels = [f"x{l} (into block {l})" if l < n_layers else f"x{l} (final)" for l in grid.index]
     z = grid.to_numpy()
+    targets = [[f"x{l + n}" for n in grid.columns] for l in grid.index]
     fig = go.Figure(go.Heatmap(
-        z=z, x=[f"n = {n}" for n in grid.columns], y=ylabels, colorscale="Viridis",
-        zmin=0, zmax=float(np.nanmax(z)) if np.isfinite(z).any() else 1,
+        z=z, x=[f"n = {n}" for n in grid.columns],
+        y=[f"x{l} (input of block {l})" for l in grid.index], customdata=targets,
+        colorscale="Viridis", zmin=0, zmax=float(np.nanmax(z)) if np.isfinite(z).any() else 1,
         text=np.where(np.isfinite(z), np.round(z, 3).astype(str), ""), texttemplate="%{text}",
         colorbar={"title": "distance"},
-        hovertemplate="from %{y}, %{x} layers on<br>angular distance %{z:.4f}<extra></extra>"))
+        hovertemplate="from %{y} to %{customdata}<br>angular distance %{z:.4f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
-    return common.style(fig, max(300, 55 * len(grid) + 120), "n (blocks between the two streams)",
-                        "starting residual stream x_l")
+    return common.style(fig, max(300, 55 * len(grid) + 120),
+                        "n (blocks from x_l to x_(l+n); x_L is the final residual stream)",
+                        "from residual stream x_l")
 
 
 def removal_figure(layers: pd.DataFrame) -> go.Figure:
@@ -50,12 +51,14 @@ def usefulness_figure(layers: pd.DataFrame, ratio: float) -> go.Figure:
                            customdata=layers.affine_fit_r2,
                            hovertemplate="%{x}<br>loss ratio %{y:.4f}<br>affine fit R² "
                                          "%{customdata:.3f}<extra></extra>"))
-    fig.add_hline(y=ratio, line={"color": "black", "dash": "dash"},
-                  annotation_text=f"useful above {ratio:g}", annotation_position="top left")
+    fig.add_trace(go.Scatter(x=[f"block {l}" for l in layers.layer], y=[ratio] * len(layers),
+                             mode="lines", name=f"useful above x{ratio:g} (green bars)",
+                             line={"color": "black", "dash": "dash"}, hoverinfo="skip"))
+    fig.update_traces(selector={"type": "bar"}, showlegend=False)
     top = float(max(layers.affine_ratio.max(), ratio)) * 1.08
     low = float(min(layers.affine_ratio.min(), 1.0)) * 0.97
     fig.update_yaxes(range=[low, top])
-    return common.style(fig, 330, None, "loss with the block replaced by an affine map / loss")
+    return common.style(fig, 330, None, "loss ratio, block replaced by an affine map")
 
 
 def variance_figure(layers: pd.DataFrame) -> go.Figure:
@@ -65,16 +68,18 @@ def variance_figure(layers: pd.DataFrame) -> go.Figure:
         if values.notna().any():
             fig.add_trace(go.Scatter(x=layers.layer, y=values, mode="lines+markers",
                                      name=label))
-    fig.update_yaxes(type="log")
+    fig.update_yaxes(type="log", dtick=1)
     fig.update_xaxes(dtick=1)
     return common.style(fig, 330, "block", "output variance (log scale)")
 
 
 def causal_figure(causal: pd.DataFrame) -> go.Figure:
     grid = causal.pivot(index="skipped", columns="layer", values="score").sort_index()
+    z = grid.to_numpy()
     fig = go.Figure(go.Heatmap(
-        z=grid.to_numpy(), x=[f"block {t}" for t in grid.columns],
-        y=[f"skip {s}" for s in grid.index], colorscale="Magma", colorbar={"title": "score"},
+        z=z, x=[f"block {t}" for t in grid.columns], y=[f"skip {s}" for s in grid.index],
+        colorscale="Viridis", colorbar={"title": "score"}, zmin=0,
+        text=np.where(np.isfinite(z), np.round(z, 2).astype(str), ""), texttemplate="%{text}",
         hovertemplate="%{y}: %{x}'s update changes by %{z:.3f} (relative)<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     return common.style(fig, max(260, 50 * len(grid) + 120), "later block t",

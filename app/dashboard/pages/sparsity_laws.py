@@ -4,6 +4,8 @@ width/depth (`workbench analyze sparsity-law`, `workbench lab build sparsity-law
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -13,6 +15,24 @@ from app.dashboard import analyses, common
 
 LAW_TEXT = {"relu": "A(D) = exp(-c D^alpha + b) + A0", "silu": "A(D) = -c D^(-alpha) + A0"}
 PARAMS = ("c", "alpha", "b", "A0")
+
+
+def _si(value: float) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def token_ticks(tokens: pd.Series) -> dict:
+    """Log-axis ticks at 1, 2, 5 x 10^k tokens over the data, labelled 500, 1k, 2M, ..."""
+    lo, hi = float(tokens.min()), float(tokens.max())
+    if not (lo > 0 and hi > 0):
+        return {}
+    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)),
+                                          math.ceil(math.log10(hi)) + 1) for m in (1, 2, 5)]
+    ticks = [t for t in ticks if lo / 1.6 <= t <= hi * 1.6]
+    return {"tickvals": ticks, "ticktext": [_si(t) for t in ticks]}
 
 
 def ratio_figure(ratios: pd.DataFrame, curves: pd.DataFrame, p: float) -> go.Figure:
@@ -38,7 +58,7 @@ def ratio_figure(ratios: pd.DataFrame, curves: pd.DataFrame, p: float) -> go.Fig
                                      name=f"{model} (fitted law)", legendgroup=model,
                                      line={"color": color, "dash": "dash", "width": 2},
                                      hovertemplate="fitted %{y:.4f}<extra></extra>"))
-    fig.update_xaxes(type="log")
+    fig.update_xaxes(type="log", **token_ticks(ratios.tokens))
     fig.update_layout(title=f"Activation ratio at PPL+{p:g}% along training (hollow markers: "
                             "left out of the fit)")
     return common.style(fig, 430, "training tokens (log scale)",
@@ -69,16 +89,21 @@ def width_depth_figure(models: pd.DataFrame) -> go.Figure:
     frame = models.assign(limit=models.limit_ratio.where(models.limit_ratio.between(0, 1),
                                                          models.final_ratio))
     fig = go.Figure()
-    for act, group in frame.groupby("act_fn"):
+    colors = px.colors.qualitative.D3
+    for i, (act, group) in enumerate(frame.groupby("act_fn")):
         group = group.sort_values("width_depth")
-        fig.add_trace(go.Scatter(x=group.width_depth, y=group.limit, mode="lines+markers+text",
-                                 name=f"{act} limit A0", text=group.model,
-                                 textposition="top center", marker={"size": 11}))
+        color = colors[i % len(colors)]
+        hover = "%{text}<br>width/depth %{x:g}<br>%{y:.4f}<extra></extra>"
+        fig.add_trace(go.Scatter(x=group.width_depth, y=group.limit, mode="lines+markers",
+                                 name=f"{act}: limit ratio A0", text=group.model,
+                                 hovertemplate=hover, line={"color": color},
+                                 marker={"size": 11, "color": color}))
         fig.add_trace(go.Scatter(x=group.width_depth, y=group.final_ratio, mode="markers",
-                                 name=f"{act} final checkpoint", marker={"size": 8,
-                                                                         "symbol": "x"}))
+                                 name=f"{act}: final checkpoint", text=group.model,
+                                 hovertemplate=hover,
+                                 marker={"size": 9, "symbol": "x", "color": color}))
     fig.update_xaxes(type="log")
-    return common.style(fig, 380, "width / depth (d_model / n_layers, log scale)",
+    return common.style(fig, 340, "width / depth (d_model / n_layers, log scale)",
                         "activation ratio")
 
 
@@ -133,19 +158,16 @@ def main() -> None:
         common.table(params_table(fits[fits.model.isin(chosen)]),
                      column_config={"R²": st.column_config.NumberColumn(format="%.3f")})
     if models is not None and not models.empty:
-        left, right = st.columns([3, 2])
-        with left:
-            st.subheader("Limit ratio against width/depth")
-            common.chart(width_depth_figure(models[models.model.isin(chosen)]), key="law-wd")
-        with right:
-            st.subheader("Models")
-            cols = ["model", "act_fn", "n_layers", "d_model", "width_depth", "final_ratio",
-                    "limit_ratio", "trend"]
-            common.table(models[models.model.isin(chosen)][cols].rename(
-                columns={"width_depth": "width/depth", "final_ratio": "final ratio",
-                         "limit_ratio": "limit A0", "trend": "trend (rho)"}),
-                column_config={c: st.column_config.NumberColumn(format="%.4g")
-                               for c in ("final ratio", "limit A0", "trend (rho)")})
+        st.subheader("Limit ratio against width/depth")
+        common.chart(width_depth_figure(models[models.model.isin(chosen)]), key="law-wd")
+        cols = ["model", "act_fn", "n_layers", "d_model", "n_params", "width_depth",
+                "final_ratio", "limit_ratio", "r2", "trend"]
+        common.table(models[models.model.isin(chosen)][[c for c in cols if c in models]].rename(
+            columns={"width_depth": "width/depth", "final_ratio": "final ratio",
+                     "limit_ratio": "limit A0", "r2": "R²", "trend": "trend (rho)",
+                     "n_params": "parameters"}),
+            column_config={c: st.column_config.NumberColumn(format="%.4g")
+                           for c in ("final ratio", "limit A0", "R²", "trend (rho)")})
     claims = info.get("claims") or []
     if claims:
         st.subheader("The paper's claims at this scale")

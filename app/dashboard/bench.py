@@ -23,10 +23,10 @@ GOALS = {"lab": 2.0, "model": 2.0, "saes": 2.0, "features": 1.0}
 TITLES = {"lab": "The Lab page", "model": "The Model page", "saes": "The SAEs page",
           "features": "The feature browser"}  # first docstring lines of the pages' main()
 # the analysis pages
-PAGES.update({"sparsity-laws": "pages/sparsity_laws.py", "attention": "pages/attention.py",
+PAGES.update({"laws": "pages/sparsity_laws.py", "attention": "pages/attention.py",
               "depth": "pages/depth.py"})
-GOALS.update({"sparsity-laws": 2.0, "attention": 2.0, "depth": 2.0})
-TITLES.update({"sparsity-laws": "The Sparsity laws page",
+GOALS.update({"laws": 2.0, "attention": 2.0, "depth": 2.0})
+TITLES.update({"laws": "The Sparsity laws page",
                "attention": "The Attention sparsity page", "depth": "The Depth utilization page"})
 
 

@@ -51,9 +51,10 @@ def usefulness_figure(layers: pd.DataFrame, ratio: float) -> go.Figure:
                            customdata=layers.affine_fit_r2,
                            hovertemplate="%{x}<br>loss ratio %{y:.4f}<br>affine fit R² "
                                          "%{customdata:.3f}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=[f"block {l}" for l in layers.layer], y=[ratio] * len(layers),
-                             mode="lines", name=f"useful above x{ratio:g} (green bars)",
-                             line={"color": "black", "dash": "dash"}, hoverinfo="skip"))
+    line = {"color": "black", "dash": "dash"}
+    fig.add_hline(y=ratio, line=line)
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=line,  # its legend entry
+                             name=f"useful above x{ratio:g} (green bars)"))
     fig.update_traces(selector={"type": "bar"}, showlegend=False)
     top = float(max(layers.affine_ratio.max(), ratio)) * 1.08
     low = float(min(layers.affine_ratio.min(), 1.0)) * 0.97

@@ -196,3 +196,26 @@ def test_analysis_pages_on_an_empty_lab(tmp_path, monkeypatch, page, job):
     at = _app(monkeypatch, Lab(tmp_path / "lab"), page)
     _clean(at)
     assert at.info and _button(at, job)
+
+
+# -- the job plans (no Streamlit) ------------------------------------------------------------------
+def test_analysis_job_plans_validate_their_input(model_only_lab, tmp_path):
+    from app.dashboard.job_forms import plan
+
+    lab = model_only_lab
+    ok = plan("attention", {"model": "lm", "tokens": 2048, "corpus": "corpus",
+                            "whatif": False}, lab)
+    assert ok.ok and ok.names == ["attention-lm"]
+    assert ok.args == ["analyze", "attention", "--model", "lm", "--tokens", "2048", "--name",
+                       "attention-lm", "--corpus", "corpus", "--no-whatif"]
+    bad = plan("depth", {"model": "nope", "tokens": 10, "fit_tokens": 512, "name": "x y"}, lab)
+    problems = " ".join(bad.problems)
+    assert "no model named 'nope'" in problems and "at least 256" in problems
+    assert "invalid artifact name" in problems
+    law = plan("sparsity-law", {"models": ["lm"], "tokens": 1024}, lab)
+    assert any("fewer than 2 checkpoints" in p for p in law.problems)
+    assert any("choose at least one model" in p
+               for p in plan("sparsity-law", {"models": [], "tokens": 1024}, lab).problems)
+    quick = plan("sparsity-law-lab", {"quick": True}, Lab(tmp_path / "empty"))
+    assert quick.ok and quick.args == ["lab", "build", "sparsity-law", "--quick"]
+    assert "sparsity-law-quick" in quick.names and "slq-corpus" in quick.names

@@ -109,7 +109,7 @@ def test_attention_whatif_slider_changes_the_shown_result(analysis_lab, monkeypa
     # the block-sparse budget, on one layer only
     at.radio(key="attn-budget").set_value(
         "Block-sparse budget (key blocks per query block)").run()
-    at.radio(key="attn-scope").set_value("layer 1 only").run()
+    at.radio(key="attn-scope").set_value("the chosen layer only").run()
     _clean(at)
     blocks = next(s for s in at.slider if s.key.startswith("attn-blocks-"))
     layers = next(d.value for d in at.dataframe if "||z' - z|| / ||z||" in d.value.columns)

@@ -168,7 +168,7 @@ def live_section(default_model: str | None) -> None:
     left, right = st.columns([3, 2])
     budget = BUDGETS[left.radio("What-if budget", list(BUDGETS), horizontal=True,
                                 key="attn-budget")]
-    only_layer = right.radio("Apply to", ["every layer", f"layer {layer} only"],
+    only_layer = right.radio("Apply the budget to", ["every layer", "the chosen layer only"],
                              horizontal=True, key="attn-scope") != "every layer"
     block_size = 8
     if budget == "top_fraction":

@@ -233,7 +233,9 @@ def main() -> None:
         st.info("No attention analysis in the lab yet: the per-head metrics (k@p coverage, "
                 "entropy, sink and local mass, pattern class) come from `workbench analyze "
                 "attention`. The live pattern map below works without it.")
-        analyses.job_form("attention", "Start the attention analysis", "attn-job")
+        with st.expander("Start the attention analysis (a background job; a minute or two on "
+                         "the default lab's model)"):
+            analyses.job_form("attention", "Start the attention analysis", "attn-job")
     st.subheader("Pattern map and sparsity what-if")
     with common.guarded("the pattern map"):
         live_section(analysed.partition("@")[0] if analysed else None)

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from fixtures_analysis import add_analyses
 from fixtures_dashboard import SAE, add_dashboard_saes
 from fixtures_steering import add_steering_artifacts
 
@@ -44,7 +45,7 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
 
 @pytest.fixture(scope="module")
 def served(tiny_lab):
-    lab = add_steering_artifacts(add_dashboard_saes(tiny_lab))
+    lab = add_analyses(add_steering_artifacts(add_dashboard_saes(tiny_lab)))
     port = _free_port()
     env = {**os.environ, "WORKBENCH_LAB": str(lab.root),
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
@@ -100,13 +101,18 @@ def test_dashboard_pages_in_chromium(served, tmp_path):
                                    timeout=90_000)
             page.wait_for_timeout(1000)
 
-        def visit(link: str, text: str, shot: str) -> None:
+        def visit(link: str, text: str, shot: str, full: bool = False) -> None:
             """Open a page through the navigation (as a user does)."""
             page.get_by_role("link", name=link).first.click()
             page.get_by_text(text).first.wait_for(timeout=90_000)
             settle()
             assert not page.get_by_text("Traceback").count()
             page.screenshot(path=str(shots / f"{shot}.png"))
+            if full:  # the whole page: Streamlit scrolls inside, so grow the window
+                page.set_viewport_size({"width": 1280, "height": 3200})
+                settle()
+                page.screenshot(path=str(shots / f"{shot}-full.png"))
+                page.set_viewport_size({"width": 1280, "height": 800})
 
         page.goto(base)
         page.get_by_text("Sparsity workbench").first.wait_for(timeout=90_000)
@@ -117,6 +123,9 @@ def test_dashboard_pages_in_chromium(served, tmp_path):
         page.screenshot(path=str(shots / "lab-lineage.png"))
         visit("Model", "Next-token predictions", "model")
         visit("SAEs", "NMSE vs L0", "saes")
+        visit("Sparsity laws", "Fitted laws", "sparsity-laws", full=True)
+        visit("Attention sparsity", "Attention output error per layer", "attention", full=True)
+        visit("Depth utilization", "Causal scores", "depth", full=True)
         page.get_by_role("link", name="Feature browser").first.click()
         settle()
         # other tests of the session may have added SAEs to the shared lab: pick ours

@@ -27,7 +27,8 @@ _MODEL_HELP = "Model: lab model (NAME or NAME@STEP), TransformerLens name or Hug
 _CORPUS_HELP = "Corpus of the evaluation tokens (default: the lab model's training corpus)."
 
 
-def _default_name(analysis: str, model: str) -> str:
+def default_name(analysis: str, model: str) -> str:
+    """The default artifact name of an analysis of `model` (also what the dashboard proposes)."""
     text = re.sub(r"[^A-Za-z0-9_.\-]+", "-", f"{analysis}-{model}").strip("-.")
     return text[:100]
 
@@ -81,7 +82,7 @@ def sparsity_cmd(
     cfg = SparsityConfig(corpus=corpus, split=split, n_tokens=tokens, search_tokens=search_tokens,
                          threshold_tokens=threshold_tokens, p=p, ppl_tol=ppl_tol,
                          fixed_eps=fixed_eps, topk=topk)
-    result = analyze_sparsity(model, get_lab(), cfg, name or _default_name("sparsity", model),
+    result = analyze_sparsity(model, get_lab(), cfg, name or default_name("sparsity", model),
                               overwrite=overwrite, device=device)
     _print_result(result, "layers", ["layer", "threshold", "cett", "activation_ratio",
                                      "zero_ratio", "fixed_ratio", "topk_ratio"], as_json)
@@ -111,7 +112,7 @@ def sparsity_law_cmd(
 
     cfg = SparsityLawConfig(corpus=corpus, n_tokens=tokens, threshold_tokens=threshold_tokens,
                             p=p, joint_last=joint_last, fit_min_step=fit_min_step)
-    result = analyze_sparsity_law(get_lab(), name or _default_name("sparsity-law", models[0]),
+    result = analyze_sparsity_law(get_lab(), name or default_name("sparsity-law", models[0]),
                                   models, cfg, overwrite=overwrite)
     if as_json:
         echo_json(result["summary"])
@@ -145,7 +146,7 @@ def attention_cmd(
 
     cfg = AttentionConfig(corpus=corpus, split=split, n_tokens=tokens, whatif=whatif,
                           whatif_tokens=whatif_tokens, block_size=block_size, backend=backend)
-    result = analyze_attention(model, get_lab(), cfg, name or _default_name("attention", model),
+    result = analyze_attention(model, get_lab(), cfg, name or default_name("attention", model),
                                overwrite=overwrite, device=device)
     _print_result(result, "heads", ["layer", "head", "k90", "k99", "entropy", "eff_keys",
                                     "sink_mass", "local_mass", "vs_coverage", "block_k90",
@@ -180,12 +181,12 @@ def depth_cmd(
                       useful_ratio=useful_ratio)
     lab = get_lab()
     if len(model) == 1:
-        result = analyze_depth(model[0], lab, cfg, name or _default_name("depth", model[0]),
+        result = analyze_depth(model[0], lab, cfg, name or default_name("depth", model[0]),
                                overwrite=overwrite, device=device)
         _print_result(result, "layers", ["layer", "skip_delta", "affine_ratio", "useful",
                                          "resid_var", "attn_var", "mlp_var"], as_json)
         return
-    result = compare_depth(model, lab, cfg, name or _default_name("depth-compare", model[0]),
+    result = compare_depth(model, lab, cfg, name or default_name("depth-compare", model[0]),
                            overwrite=overwrite, device=device)
     if as_json:
         echo_json(result["summary"])

@@ -24,6 +24,12 @@ TITLES = {"lab": "The Lab page", "model": "The Model page", "saes": "The SAEs pa
           "features": "The feature browser"}  # first docstring lines of the pages' main()
 PAGES["steering"], GOALS["steering"], TITLES["steering"] = (  # with a playground generation
     "pages/steering.py", 2.0, "The LangFIR and steering page")
+# the analysis pages
+PAGES.update({"laws": "pages/sparsity_laws.py", "attention": "pages/attention.py",
+              "depth": "pages/depth.py"})
+GOALS.update({"laws": 2.0, "attention": 2.0, "depth": 2.0})
+TITLES.update({"laws": "The Sparsity laws page",
+               "attention": "The Attention sparsity page", "depth": "The Depth utilization page"})
 
 
 @dataclass

@@ -52,7 +52,19 @@ JOB_KINDS = (
             "(a target language and a method), stored as a `steering` artifact"),
     JobKind("steer-eval", "Evaluate steering", "a report's vectors steering prompts of every "
             "language: target-language accuracy, fluency, BLEU per method x target x strength"),
+    JobKind("sparsity-law-lab", "Build the sparsity-law lab",
+            "ReLU and SiLU LMs with kept checkpoints, a width/depth sweep and their fitted "
+            "laws (about 15 minutes on 2 CPU cores; quick: a miniature in a minute or two)"),
+    JobKind("sparsity-law", "Sparsity laws of models",
+            "the PPL-p% activation ratio at every kept checkpoint of lab models, and the "
+            "fitted laws"),
+    JobKind("attention", "Attention sparsity",
+            "per-head k@p coverage, entropy, sink/local mass, pattern classes and the loss "
+            "under sparse attention"),
+    JobKind("depth", "Depth utilization",
+            "angular distances between layers, layer removal, usefulness, per-layer variance"),
 )
+ANALYSIS_KINDS = ("sparsity-law-lab", "sparsity-law", "attention", "depth")
 
 
 def _new_name(lab: Lab, name: str, problems: list[str], overwrite: bool = False) -> str:
@@ -228,6 +240,8 @@ def plan(kind: str, values: dict[str, Any], lab: Lab) -> JobPlan:
         return JobPlan(args, [sae], p)
     if kind in ("langfir", "steer-make", "steer-eval"):
         return _steering_plan(kind, values, lab, p)
+    if kind in ANALYSIS_KINDS:
+        return _analysis_plan(kind, values, lab, p)
     raise InvalidInputError(f"unknown job kind {kind!r}; one of "
                             f"{', '.join(k.key for k in JOB_KINDS)}")
 
@@ -313,4 +327,69 @@ def _steering_plan(kind: str, values: dict[str, Any], lab: Lab, p: list[str]) ->
             "--prompts-per-source", str(prompts), "--max-new-tokens", str(tokens)]
     if targets:
         args += ["--targets", ",".join(targets)]
+    return JobPlan(args, [name], p)
+
+
+def analysis_name(analysis: str, model: str) -> str:
+    """The name `workbench analyze ANALYSIS` gives its artifact by default."""
+    from app.cli.analyze_cmds import default_name
+
+    return default_name(analysis, model)
+
+
+def _with_checkpoints(lab: Lab, names: list[str], problems: list[str]) -> list[str]:
+    from workbench.models.model_io import list_checkpoints
+
+    if not names:
+        problems.append("choose at least one model with kept checkpoints")
+    for name in names:
+        if _existing(lab, name, "model", problems, "model") and lab.exists(name) and \
+                lab.get(name).kind == "model" and len(list_checkpoints(lab.get(name).path)) < 2:
+            problems.append(f"model {name!r} keeps fewer than 2 checkpoints; train it with "
+                            "`--checkpoints geometric` (or build the sparsity-law lab)")
+    return names
+
+
+def _corpus_option(lab: Lab, values: dict[str, Any], problems: list[str]) -> list[str]:
+    """`--corpus NAME` when the form names one (empty: the model's training corpus)."""
+    corpus = values.get("corpus") or ""
+    if not corpus:
+        return []
+    return ["--corpus", _existing(lab, corpus, "corpus", problems, "corpus")]
+
+
+def _analysis_plan(kind: str, values: dict[str, Any], lab: Lab, p: list[str]) -> JobPlan:
+    if kind == "sparsity-law-lab":
+        from app.recipes.sparsity_law import SparsityLawRecipe
+
+        quick = bool(values.get("quick"))
+        r = SparsityLawRecipe.quick() if quick else SparsityLawRecipe()
+        names = [n for n in (r.corpus, r.tokenizer, *(m for m, *_ in r.model_shapes()),
+                             r.analysis) if not lab.exists(n)]
+        if not names:
+            p.append(f"the {'quick ' if quick else ''}sparsity-law lab is complete already "
+                     f"(analysis {r.analysis!r})")
+        return JobPlan(["lab", "build", "sparsity-law", *(["--quick"] if quick else [])],
+                       names, p)
+    if kind == "sparsity-law":
+        models = _with_checkpoints(lab, [m for m in values.get("models", []) if m], p)
+        name = _new_name(lab, values.get("name") or
+                         (analysis_name("sparsity-law", models[0]) if models else ""), p)
+        tokens = _positive(values, "tokens", p, "evaluation tokens", 256)
+        return JobPlan(["analyze", "sparsity-law", *models, "--tokens", str(tokens),
+                        "--name", name, *_corpus_option(lab, values, p)], [name], p)
+    model = _existing(lab, values.get("model", ""), "model", p, "model")
+    name = _new_name(lab, values.get("name") or (analysis_name(kind, model) if model else ""), p)
+    tokens = _positive(values, "tokens", p, "evaluation tokens", 256)
+    args = ["analyze", kind, "--model", model, "--tokens", str(tokens), "--name", name,
+            *_corpus_option(lab, values, p)]
+    if model and lab.exists(model) and not values.get("corpus") and \
+            not lab.get(model).manifest.get("corpus"):
+        p.append(f"model {model!r} records no training corpus; choose the corpus of the "
+                 "evaluation tokens")
+    if kind == "attention" and not values.get("whatif", True):
+        args.append("--no-whatif")
+    if kind == "depth":
+        fit = _positive(values, "fit_tokens", p, "fit tokens", 256)
+        args += ["--fit-tokens", str(fit)]
     return JobPlan(args, [name], p)

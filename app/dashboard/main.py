@@ -29,6 +29,11 @@ NAVIGATION = {
         st.Page(PAGES / "features.py", title="Feature browser"),
     ],
     "Steering": [st.Page(PAGES / "steering.py", title="LangFIR and steering")],
+    "Analyses": [
+        st.Page(PAGES / "sparsity_laws.py", title="Sparsity laws"),
+        st.Page(PAGES / "attention.py", title="Attention sparsity"),
+        st.Page(PAGES / "depth.py", title="Depth utilization"),
+    ],
 }
 
 # No page_icon and no st.Page icons: Streamlit turns them into the favicon, fetched from

@@ -8,7 +8,9 @@ of kind `analysis` when given a `name`; the module docstrings list the tables' c
   laws of "Sparsing Law" -> `analyze_sparsity_law` (`fit_law` for a curve);
 - `attention`: k@p coverage, entropy, sink/local mass, pattern class per head, and the loss of
   block top-k / vertical-slash / BLASST sparse attention (through `sparse_ops`) ->
-  `analyze_attention`;
+  `analyze_attention`; `attention_budget`: the same kind of what-if live on one text, through
+  TransformerLens' hook_pattern (keep the top fraction or the top key blocks of each row) ->
+  `text_whatif`;
 - `depth`: angular distances, layer skipping, affine-replacement usefulness, variances, causal
   scores -> `analyze_depth` (`compare_depth` for a table across models);
 - `bench`: timing of the three over a token budget and the attention metrics' peak memory.

@@ -35,14 +35,17 @@ class TextInspection:
     unit_labels: str           # what a unit is: "unit", "head*d_head + i", "head*T + key"
 
 
-def tokenize(model: HookedTransformer, text: str) -> torch.Tensor:
-    """BOS-led token ids [1, T] of `text`, checked against the model's context length."""
+def tokenize(model: HookedTransformer, text: str, truncate: bool = False) -> torch.Tensor:
+    """BOS-led token ids [1, T] of `text`, checked against the model's context length (or,
+    with `truncate`, cut to it)."""
     if model.tokenizer is None:
         raise InvalidInputError("the model has no tokenizer, so it cannot read text")
     if not text.strip():
         raise InvalidInputError("type some text first")
     tokens = model.to_tokens(text, truncate=False)
     limit = min(int(model.cfg.n_ctx), MAX_TOKENS)
+    if tokens.shape[1] > limit and truncate:
+        return tokens[:, :limit]
     if tokens.shape[1] > limit:
         raise InvalidInputError(
             f"the text has {tokens.shape[1]} tokens, more than the model's context of {limit}; "

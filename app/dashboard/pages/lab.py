@@ -9,7 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from app.dashboard import common, steer_forms
-from app.dashboard.job_forms import JOB_KINDS, SAE_ARCHS, SAE_BATCH, plan
+from app.dashboard.analyses import job_fields as analysis_job_fields
+from app.dashboard.job_forms import ANALYSIS_KINDS, JOB_KINDS, SAE_ARCHS, SAE_BATCH, plan
 from app.dashboard.lineage import lineage_figure
 from workbench.jobs import ACTIVE, cancel, log_path
 
@@ -152,6 +153,8 @@ def job_form() -> None:
                                                16384 if chosen.key == "eval" else 50_000)
             values["acts"] = st.selectbox("Activations (for SAEs without their own)",
                                           [""] + _names("activations"))
+        elif chosen.key in ANALYSIS_KINDS:
+            values = analysis_job_fields(chosen.key, key=f"lab-{chosen.key}")
         submitted = st.form_submit_button("Start job", type="primary")
     if submitted:
         job_plan = plan(chosen.key, values, lab)

@@ -17,19 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAIN = Path(__file__).resolve().parent / "main.py"
-PAGES = {"lab": "pages/lab.py", "model": "pages/model.py", "saes": "pages/saes.py",
-         "features": "pages/features.py"}
-GOALS = {"lab": 2.0, "model": 2.0, "saes": 2.0, "features": 1.0}
-TITLES = {"lab": "The Lab page", "model": "The Model page", "saes": "The SAEs page",
-          "features": "The feature browser"}  # first docstring lines of the pages' main()
-PAGES["steering"], GOALS["steering"], TITLES["steering"] = (  # with a playground generation
-    "pages/steering.py", 2.0, "The LangFIR and steering page")
-# the analysis pages
-PAGES.update({"laws": "pages/sparsity_laws.py", "attention": "pages/attention.py",
-              "depth": "pages/depth.py"})
-GOALS.update({"laws": 2.0, "attention": 2.0, "depth": 2.0})
-TITLES.update({"laws": "The Sparsity laws page",
-               "attention": "The Attention sparsity page", "depth": "The Depth utilization page"})
+# page key -> (script under app/dashboard, warm goal in s, first docstring line of its main())
+PAGE_TABLE = {
+    "lab": ("pages/lab.py", 2.0, "The Lab page"),
+    "model": ("pages/model.py", 2.0, "The Model page"),
+    "saes": ("pages/saes.py", 2.0, "The SAEs page"),
+    "features": ("pages/features.py", 1.0, "The feature browser"),
+    "steering": ("pages/steering.py", 2.0, "The LangFIR and steering page"),  # with a generation
+    "laws": ("pages/sparsity_laws.py", 2.0, "The Sparsity laws page"),
+    "attention": ("pages/attention.py", 2.0, "The Attention sparsity page"),
+    "depth": ("pages/depth.py", 2.0, "The Depth utilization page"),
+}
+PAGES = {key: script for key, (script, _, _) in PAGE_TABLE.items()}
+GOALS = {key: goal for key, (_, goal, _) in PAGE_TABLE.items()}
+TITLES = {key: title for key, (_, _, title) in PAGE_TABLE.items()}
 
 
 @dataclass

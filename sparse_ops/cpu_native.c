@@ -18,6 +18,7 @@
  *                 out), so the accumulation needs no locks and no sort of the pairs. With
  *                 `lens`, row n has only its first lens[n] pairs (a ragged code stored padded).
  * wb_flatten_rows a ragged code stored padded [n, K] -> the flat pairs of embedding_bag.
+ * wb_pad_rows     wb_topafa_rows' rows (in a [n, L] workspace) -> a tight [n, max len] code.
  * wb_topafa_rows  top-AFA's k(x) per row of pre [n, L] over the whole dictionary, the full-sort
  *                 rule of sparse_ops.encode.topafa_select (s = (relu(pre) * norm)^2 sorted
  *                 descending, ties to the lower latent id; C_j = float(double cumulative
@@ -655,4 +656,38 @@ void wb_flatten_rows(const float *vals, const int64_t *idx, const int64_t *lens,
         memcpy(out_vals + offsets[r], vals + r * K, (size_t)lens[r] * sizeof(float));
         memcpy(out_idx + offsets[r], idx + r * K, (size_t)lens[r] * sizeof(int64_t));
     }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * a ragged code's rows into a tight rectangle */
+
+typedef struct {
+    const int64_t *src_ids, *lens;
+    const float *src_vals;
+    int64_t cap, K;
+    int64_t *ids;
+    float *vals;
+} pad_job;
+
+static void pad_range(void *arg, int64_t row_begin, int64_t row_end) {
+    pad_job *job = (pad_job *)arg;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        int64_t len = job->lens[r], K = job->K;
+        memcpy(job->ids + r * K, job->src_ids + r * job->cap, (size_t)len * sizeof(int64_t));
+        memcpy(job->vals + r * K, job->src_vals + r * job->cap, (size_t)len * sizeof(float));
+        memset(job->ids + r * K + len, 0, (size_t)(K - len) * sizeof(int64_t));
+        memset(job->vals + r * K + len, 0, (size_t)(K - len) * sizeof(float));
+    }
+}
+
+/* src_ids, src_vals [n, cap] with lens [n] (each <= K <= cap) -> ids, vals [n, K]: each row's
+ * first lens[r] entries, then zeros (latent 0, value 0). */
+void wb_pad_rows(const int64_t *src_ids, const float *src_vals, const int64_t *lens, int64_t n,
+                 int64_t cap, int64_t K, int64_t *ids, float *vals, int n_threads) {
+    if (n == 0) return;
+    pad_job job = {src_ids, lens, src_vals, cap, K, ids, vals};
+    int parts = clamp_threads(n_threads, n);
+    int64_t bounds[MAX_THREADS + 1];
+    even_bounds(n, parts, bounds);
+    parallel_ranges(pad_range, &job, bounds, parts);
 }

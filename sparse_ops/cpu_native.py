@@ -93,6 +93,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.wb_topafa_rows.restype = ctypes.c_int
     lib.wb_flatten_rows.argtypes = [p, p, p, p, i64, i64, p, p]
     lib.wb_flatten_rows.restype = None
+    lib.wb_pad_rows.argtypes = [p, p, p, i64, i64, i64, p, p, ctypes.c_int]
+    lib.wb_pad_rows.restype = None
     return lib
 
 
@@ -207,9 +209,11 @@ def topafa_rows(pre: torch.Tensor, dec_norms: torch.Tensor, z_norm: torch.Tensor
     if rc != 0:
         raise ValueError(f"native top-AFA cut failed (code {rc})")
     width = int(lengths.max()) if n else 0
-    pad = torch.arange(width)[None, :] >= lengths[:, None]
-    ids = ids_ws[:, :width].masked_fill(pad, 0)
-    vals = vals_ws[:, :width].masked_fill(pad, 0.0)
+    ids = torch.empty(n, width, dtype=torch.int64)
+    vals = torch.empty(n, width, dtype=torch.float32)
+    library().wb_pad_rows(  # type: ignore[union-attr]
+        ids_ws.data_ptr(), vals_ws.data_ptr(), lengths.data_ptr(), n, L, width, ids.data_ptr(),
+        vals.data_ptr(), torch.get_num_threads())
     return k, lengths, ids, vals
 
 

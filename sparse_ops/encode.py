@@ -261,7 +261,10 @@ class EncodeAtFunction(torch.autograd.Function):
 def _encode_backward(ctx, grad_values, lengths):
     """dL/dx, dL/dW_enc, dL/db_enc of a sparse encode from dL/dvalues (see the module doc)."""
     x, W_enc, values, indices = ctx.saved_tensors
-    g = (grad_values.float() * (values > 0)).contiguous()  # dL/dpre at the selected latents
+    if lengths is None:
+        g = (grad_values.float() * (values > 0)).contiguous()  # dL/dpre at the selected latents
+    else:  # a ragged code keeps positive activations only; the padding is skipped below
+        g = grad_values.float().contiguous()
     grad_x = grad_W = grad_b = None
     if ctx.needs_input_grad[0]:
         grad_x = gather_sum(g, indices, W_enc, None, ctx.backend, out_dtype=x.dtype,

@@ -85,6 +85,10 @@ def test_topafa_training_path_matches_full_selection_with_retries(kernels):
         full = sae.encode(z + model.b_dec)  # the inference class sorts all latents
     torch.testing.assert_close(dense, full)
     assert int(model.width) > 2
+    # firing counts of the ragged code: the kept pairs only, not the latent-0 padding
+    fired, n_active = model.fired_units(code)
+    assert torch.equal(fired, (full > 0).sum(dim=0))
+    assert int(n_active) == int((full > 0).sum())
 
 
 def test_batchtopk_mean_l0_is_k_and_selection_is_exact():

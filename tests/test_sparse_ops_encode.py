@@ -298,14 +298,15 @@ def test_ragged_decode_and_encode_gradients_match_the_dense_code(backend):
     code = sparse_ops.topafa_encode(z, W_enc, None, dec_norms, backend=backend)
     x_hat = sparse_ops.sparse_decode(code.values, code.indices, W_dec, None, backend=backend,
                                      lengths=code.lengths)
-    loss = (x_hat - 1.0).pow(2).sum() + code.values.pow(2).sum()
+    # values.sum(): a gradient of 1 on every slot, padding included, which must not leak
+    loss = (x_hat - 1.0).pow(2).sum() + code.values.pow(2).sum() + code.values.sum()
     grads = torch.autograd.grad(loss, (z, W_enc, W_dec))
     # the same kept set as a dense masked code through plain autograd
     z2, W_enc2, W_dec2 = (t.detach().clone().requires_grad_(True) for t in (z, W_enc, W_dec))
     acts = torch.relu(z2 @ W_enc2.T)
     keep = (sparse_ops.topafa_dense(code, 64) > 0).to(acts.dtype)
     f = acts * keep
-    loss2 = (f @ W_dec2 - 1.0).pow(2).sum() + f.pow(2).sum()
+    loss2 = (f @ W_dec2 - 1.0).pow(2).sum() + f.pow(2).sum() + f.sum()
     want = torch.autograd.grad(loss2, (z2, W_enc2, W_dec2))
     for got, expected in zip(grads, want):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

@@ -263,6 +263,21 @@ class SparseCodeSAE(TrainableSAE):
         """Latent ids -> the units tracked for dead revival (latents themselves here)."""
         return indices
 
+    def fired_units(self, code: SparseCode) -> tuple[torch.Tensor, torch.Tensor]:
+        """(how often each unit fired in the batch [n_units] int64, active pairs [])."""
+        ids = self.unit_of(code.indices.reshape(-1))
+        if code.lengths is not None:
+            # a ragged code: every kept pair is active and the padding holds latent 0, value 0
+            fired = torch.bincount(ids, minlength=self.n_units)
+            n_active = code.lengths.sum()
+            padding = code.indices.numel() - n_active
+            fired[self.unit_of(torch.zeros(1, dtype=torch.int64, device=ids.device))] -= padding
+            return fired, n_active
+        active = code.values.detach().reshape(-1) > 0
+        # weighted count over the whole rectangle: no boolean gather of the active pairs
+        fired = torch.bincount(ids, weights=active.to(torch.float32), minlength=self.n_units)
+        return fired.round().to(torch.int64), active.sum()
+
     def aux_code(self, z: torch.Tensor, code: SparseCode, dead: torch.Tensor) -> SparseCode:
         """Top-k_aux pre-activations among the dead latents of each token."""
         ids = dead.nonzero().squeeze(1)
@@ -299,13 +314,9 @@ class SparseCodeSAE(TrainableSAE):
                                              self.backend)
             terms["auxk"] = self.cfg.aux_alpha * auxk_loss(e_hat, x - x_hat.detach(), aux.scale,
                                                            ctx)
-        active = code.values.detach() > 0
-        # weighted count over the whole rectangle: no boolean gather of the active pairs
-        fired = torch.bincount(self.unit_of(code.indices).reshape(-1),
-                               weights=active.reshape(-1).to(torch.float32),
-                               minlength=self.n_units).round().to(torch.int64)
+        fired, n_active = self.fired_units(code)
         return StepResult(
-            loss=sum(terms.values()), fired=fired, sse=sse.detach(), active=active.sum(),
+            loss=sum(terms.values()), fired=fired, sse=sse.detach(), active=n_active,
             terms={k: v.detach() for k, v in terms.items()}, stats=code.stats,
         )
 

@@ -495,10 +495,12 @@ def topafa_encode(
         dec_norms: [latents] decoder row norms.
         backend: one of sparse_ops.dispatch.BACKENDS ("auto" picks). On "cpu" the cut is exact
             over the whole dictionary. On "torch"/"triton" the candidates are the top ``width``
-            pre-activations, doubled and redone until no row keeps all of them (exact when the
-            decoder rows have equal norms, as the trainer keeps them).
-        width: first candidate set size for the torch/triton backends (ignored on cpu); pass
-            the previous call's ``code.width`` to start where it ended.
+            pre-activations; the rows that keep all of them are redone alone with twice the
+            width, until none does (exact when the decoder rows have equal norms, as the
+            trainer keeps them).
+        width: candidate set size for the torch/triton backends (ignored on cpu): a bound on
+            most rows' k(x), e.g. twice a high quantile of the last batch's (the few rows above
+            it cost a redo of those rows only).
 
     Returns:
         A :class:`TopAFACode`; ``values`` is differentiable w.r.t. z, W_enc and b_enc, and the
@@ -520,20 +522,46 @@ def topafa_encode(
                                         chosen)
         return TopAFACode(values, indices, lengths, k, n_latents, pre)
     width = min(width, n_latents)
-    while True:
-        values, indices = topk_encode(z, W_enc, b_enc, width, backend=chosen, sort=False)
-        k, order = _topafa_cut(values, indices, dec_norms, z_norm)
-        if width >= n_latents or not bool((k >= width).any()):
-            break
-        width = min(n_latents, 2 * width)
-    # compact: each row's kept candidates first, in kept order, then cut the rectangle
+    values, indices, lengths, k = _topafa_candidates(z, W_enc, b_enc, dec_norms, z_norm, width,
+                                                     chosen)
+    return TopAFACode(values, indices, lengths, k, width, None)
+
+
+def _topafa_candidates(z, W_enc, b_enc, dec_norms, z_norm, width, backend):
+    """The torch/triton path: the cut on each row's top ``width`` candidates; the rows that keep
+    all of them (where the cut may lie further out) are redone alone with twice the width, until
+    none does or the candidates are the whole dictionary. Returns the compact code (values,
+    indices [n, K], lengths, k)."""
+    n_latents = W_enc.shape[0]
+    values, indices = topk_encode(z, W_enc, b_enc, width, backend=backend, sort=False)
+    k, order = _topafa_cut(values, indices, dec_norms, z_norm)
     ordered = values.gather(1, order)
     lengths = torch.minimum(k, (ordered > 0).sum(dim=1))
+    ids = indices.gather(1, order)
+    redo = (k >= width).nonzero().flatten() if width < n_latents else k.new_zeros(0)
+    if redo.numel():
+        wide = _topafa_candidates(z[redo], W_enc, b_enc, dec_norms, z_norm[redo],
+                                  min(n_latents, 2 * width), backend)
+        cols = max(int(lengths.max()), wide[0].shape[1])
+        ordered, ids = _pad_cols(ordered, cols), _pad_cols(ids, cols)
+        rows = torch.arange(z.shape[0], device=z.device)
+        keep_rows = rows[k < width]
+        # the redone rows replace theirs: concatenate, then put every row back in its place
+        place = torch.empty_like(rows)
+        place[torch.cat([keep_rows, redo])] = rows
+        ordered = torch.cat([ordered[keep_rows], _pad_cols(wide[0], cols)])[place]
+        ids = torch.cat([ids[keep_rows], _pad_cols(wide[1], cols)])[place]
+        lengths = torch.cat([lengths[keep_rows], wide[2]])[place]
+        k = torch.cat([k[keep_rows], wide[3]])[place]
     cols = int(lengths.max()) if lengths.numel() else 0
     keep = padding_mask(lengths, cols)
-    values = ordered[:, :cols] * keep.to(ordered.dtype)
-    indices = indices.gather(1, order[:, :cols]).masked_fill(~keep, 0)
-    return TopAFACode(values, indices, lengths, k, width, None)
+    return (ordered[:, :cols] * keep.to(ordered.dtype), ids[:, :cols].masked_fill(~keep, 0),
+            lengths, k)
+
+
+def _pad_cols(t: torch.Tensor, cols: int) -> torch.Tensor:
+    """[n, c] -> [n, cols] (cols >= c), zeros appended (differentiable)."""
+    return torch.nn.functional.pad(t, (0, cols - t.shape[1])) if cols > t.shape[1] else t
 
 
 def _topafa_cut(values: torch.Tensor, indices: torch.Tensor, dec_norms: torch.Tensor,

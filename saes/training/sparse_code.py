@@ -415,9 +415,8 @@ class TopAFATrainable(SparseCodeSAE):
 
     sparse_ops.topafa_encode (no encoder bias) returns each token's kept latents as a ragged
     code, so decode and backward cost each token its own k(x). On the cpu backend the cut is
-    exact over the whole dictionary; elsewhere it starts from the top `width` candidates and
-    widens (and redoes) while a row keeps all of them; `width` then settles at about twice the
-    largest k(x) seen.
+    exact over the whole dictionary; elsewhere it starts from the top `width` candidates (twice
+    the last batch's 99th-percentile k(x)) and redoes only the rows that keep all of them.
     """
 
     has_encoder_bias = False
@@ -431,7 +430,10 @@ class TopAFATrainable(SparseCodeSAE):
         code = sparse_ops.topafa_encode(z, self.W_enc, None, dec_norms, self.backend,
                                         width=int(self.width))
         largest = int(code.k.max()) if code.k.numel() else 1
-        self.width.fill_(min(self.cfg.latents, max(64, _next_pow2(2 * largest))))
+        # candidates for the torch/triton path: twice the 99th percentile of k(x), so an
+        # outlier row costs a redo of itself, not a wider set for every token
+        high = float(torch.quantile(code.k.float(), 0.99)) if code.k.numel() else 1.0
+        self.width.fill_(min(self.cfg.latents, max(64, _next_pow2(int(2 * high)))))
         return SparseCode(code.values, code.indices, code.preactivations, code.lengths,
                           stats={"k_max": float(largest)})
 

@@ -117,11 +117,9 @@ def eval_cmd(
 @moex_app.command("show")
 def show_cmd(name: str = typer.Argument("chess-table", help="A stored table artifact.")) -> None:
     """Print a stored board-state table."""
-    from saes.board_eval import format_table
-    from workbench.lab import read_json
+    from saes.board_eval import format_table, load_chess_table
 
-    art = get_lab().get(name, kind="analysis")
-    typer.echo(format_table(read_json(art.path / "table.json", f"table {name!r}")))
+    typer.echo(format_table(load_chess_table(get_lab(), name).records))
 
 
 @moex_app.command("bench")

@@ -18,10 +18,13 @@ from pathlib import Path
 
 MAIN = Path(__file__).resolve().parent / "main.py"
 PAGES = {"lab": "pages/lab.py", "model": "pages/model.py", "saes": "pages/saes.py",
-         "features": "pages/features.py"}
-GOALS = {"lab": 2.0, "model": 2.0, "saes": 2.0, "features": 1.0}
+         "features": "pages/features.py",
+         "moex": "pages/moex.py"}
+GOALS = {"lab": 2.0, "model": 2.0, "saes": 2.0, "features": 1.0,
+         "moex": 2.0}
 TITLES = {"lab": "The Lab page", "model": "The Model page", "saes": "The SAEs page",
-          "features": "The feature browser"}  # first docstring lines of the pages' main()
+          "features": "The feature browser",
+          "moex": "The MoE-X page"}  # first docstring lines of the pages' main()
 
 
 @dataclass

@@ -28,6 +28,7 @@ NAVIGATION = {
         st.Page(PAGES / "saes.py", title="SAEs"),
         st.Page(PAGES / "features.py", title="Feature browser"),
     ],
+    "MoE-X": [st.Page(PAGES / "moex.py", title="MoE-X")],
 }
 
 # No page_icon and no st.Page icons: Streamlit turns them into the favicon, fetched from

@@ -9,7 +9,7 @@ from app.cli.common import echo_json, get_lab
 
 
 def dashboard_command(
-    pages: str = typer.Option(None, "--pages", help="Comma list: lab,model,saes,features "
+    pages: str = typer.Option(None, "--pages", help="Comma list: lab,model,saes,features,moex "
                                                     "(default: all)."),
     repeats: int = typer.Option(5, "--repeats", help="Warm reruns per page (median reported)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),

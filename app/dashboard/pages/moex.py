@@ -21,9 +21,20 @@ PAPER = ("Paper (Yang et al. 2025, Table 1; val loss / coverage / reconstruction
          "MoE-X 0.211 / 0.428 / 0.840.")
 COLUMNS = {  # record key -> column title
     "variant": "variant", "val_loss": "val loss", "coverage": "coverage",
-    "reconstruction": "reconstruction", "probe_accuracy": "probe acc. (upper bound)",
+    "reconstruction": "reconstruction", "probe_accuracy": "probe acc.",
     "features": "units", "alive_features": "alive", "router_l0_r": "r(score, L0)",
-    "dead_experts": "dead experts", "tokens_per_s": "train tokens/s",
+    "dead_experts": "dead experts", "tokens_per_s": "tokens/s",
+}
+HELP = {
+    "val loss": "validation loss of the LM (nats per character)",
+    "coverage": "mean over board cells of the best unit's F1 (best threshold)",
+    "reconstruction": "F1 of the board predicted from the units with precision >= 0.95",
+    "probe acc.": "supervised per-square probe on the residual stream: the upper bound",
+    "units": "hidden units scored (MoE: experts x expert width; SAE: latents)",
+    "alive": "units that fire on some fit position",
+    "r(score, L0)": "Pearson r of the routing score and the expert's true firing fraction",
+    "dead experts": "experts no token of the test games was routed to",
+    "tokens/s": "training tokens per second of the model",
 }
 HOLDS, WRONG = "#3aa65b", "#e0823d"  # best cell holds on this board / does not
 
@@ -152,8 +163,9 @@ def table_section(table: ChessTable) -> None:
                "reconstruction fit on the validation games, scored on the test games (best "
                "threshold). " + PAPER)
     fmt = {"val loss": "%.4f", "coverage": "%.3f", "reconstruction": "%.3f",
-           "probe acc. (upper bound)": "%.3f", "r(score, L0)": "%.3f", "train tokens/s": "%.0f"}
-    config = {c: st.column_config.NumberColumn(format=f) for c, f in fmt.items()}
+           "probe acc.": "%.3f", "r(score, L0)": "%.3f", "tokens/s": "%.0f", "units": "%d",
+           "alive": "%d", "dead experts": "%d"}
+    config = {c: st.column_config.NumberColumn(format=f, help=HELP[c]) for c, f in fmt.items()}
     common.table(table_frame(table.records, "main"), column_config=config)
     ablation = table_frame(table.records, "ablation")
     if len(ablation):
@@ -280,7 +292,9 @@ def board_section(table: ChessTable) -> None:
         if table.units is None:
             st.caption("This table has no per-unit cells (made before they were stored); "
                        "re-evaluate it to see each unit's best cell.")
-        st.code(text[:dot + 1][-240:] + " ...", language=None, wrap_lines=True)
+        st.caption("The game up to this position:")
+        st.code(("... " if dot > 240 else "") + text[max(0, dot - 239):dot + 1],
+                language=None, wrap_lines=True)
 
 
 @common.page

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,19 @@ def test_page_with_games_but_no_table_offers_the_evaluation(chess_lab, tmp_path,
     assert any(b.label.startswith("Evaluate MoE-X") for b in at.button)
     job = " ".join(c.value for c in at.caption)
     assert "moex eval" in job and "MoE-X=chess-moex" in job and "--layer 0" in job
+    # start it: the job runs in the background through the job layer, then the page shows it
+    next(b for b in at.button if b.label.startswith("Evaluate MoE-X")).click().run()
+    assert any("Started job" in s.value for s in at.success), [e.value for e in at.error]
+    deadline = time.time() + 240
+    while time.time() < deadline and not partial.exists("chess-table"):
+        time.sleep(1)
+    job = next(j for j in partial.jobs(limit=5) if j["kind"] == "command")
+    while time.time() < deadline and partial.job_row(job["id"])["status"] != "done":
+        time.sleep(0.5)
+    assert partial.job_row(job["id"])["status"] == "done", partial.job_row(job["id"])
+    at = _app(monkeypatch, partial)
+    _clean(at)
+    assert len(at.dataframe[0].value) == 6 and len(at.dataframe[1].value) == 2
 
 
 def test_page_on_an_empty_lab(tmp_path, monkeypatch):

@@ -18,6 +18,9 @@ never on). With TP[f, c] = positions where f is on and c holds, fires[f], positi
   the cells of the active classifiers, scored by the F1 over all (position, cell) pairs
   (micro-averaged); reconstruction = max_t reconstruction(t).
 
+Per feature, `UnitCells` keeps its best cell (and that cell's F1 and threshold): what the
+board view (`saes.board_view`) shows next to the units active at a position.
+
 `board_probe_accuracy` trains a supervised probe per square (workbench.probes, 13 classes) as the
 upper bound; `router_score_l0` measures how well the MoE-X routing score predicts each expert's
 true firing fraction. This module uses SAEs (`sae_features`), so it lives in `saes`.
@@ -40,6 +43,9 @@ N_CLASSES = len(PIECE_CLASSES)  # 13 incl. empty
 PRECISION_MIN = 0.95
 MIN_FIRES = 10
 _CHUNK = 4096
+UNITS_FILE = "units.parquet"  # per table row and unit: its best cell (`UnitCells.to_frame`)
+ROUTER_KEYS = ("router_l0_r", "router_l0_r_per_layer", "expert_load", "dead_experts",
+               "router_pairs")
 
 
 @dataclass
@@ -112,6 +118,48 @@ def _counts(x: torch.Tensor, max_act: torch.Tensor, t: float, Y: torch.Tensor):
 
 
 @dataclass
+class UnitCells:
+    """Each feature's best board-state cell: the (square, piece class) cell and threshold with
+    its highest F1 on the test positions (the F1 that coverage takes the best of per cell).
+
+    cell [F] int64 (square * 12 + class - 1, as `cell_labels`; -1 for a feature that never
+    fires), f1 [F], threshold [F] (fraction of max_act), max_act [F] (largest activation on the
+    fit positions).
+    """
+
+    cell: torch.Tensor
+    f1: torch.Tensor
+    threshold: torch.Tensor
+    max_act: torch.Tensor
+
+    def square_piece(self, unit: int) -> tuple[int, int] | None:
+        """(square 0..63, piece class 1..12) of a unit's best cell, None if it has none."""
+        cell = int(self.cell[unit])
+        return None if cell < 0 else (cell // (N_CLASSES - 1), cell % (N_CLASSES - 1) + 1)
+
+    def to_frame(self, variant: str):
+        import pandas as pd
+
+        cell = self.cell.long()
+        return pd.DataFrame({
+            "variant": variant, "unit": range(len(cell)),
+            "square": torch.where(cell >= 0, cell // (N_CLASSES - 1), -1).numpy(),
+            "piece": torch.where(cell >= 0, cell % (N_CLASSES - 1) + 1, 0).numpy(),
+            "f1": self.f1.float().numpy(), "threshold": self.threshold.float().numpy(),
+            "max_act": self.max_act.float().numpy()})
+
+    @classmethod
+    def from_frame(cls, frame) -> UnitCells:
+        """Inverse of `to_frame` (the rows of one variant, any order)."""
+        frame = frame.sort_values("unit")
+        square = torch.tensor(frame.square.to_numpy(), dtype=torch.long)
+        piece = torch.tensor(frame.piece.to_numpy(), dtype=torch.long)
+        cell = torch.where(square >= 0, square * (N_CLASSES - 1) + piece - 1, -1)
+        return cls(cell, torch.tensor(frame.f1.to_numpy()), torch.tensor(frame.threshold.to_numpy()),
+                   torch.tensor(frame.max_act.to_numpy()))
+
+
+@dataclass
 class BoardStateResult:
     """Coverage and reconstruction per threshold and at the best threshold."""
 
@@ -124,9 +172,11 @@ class BoardStateResult:
     n_features: int = 0
     n_cells: int = 0
     alive_features: int = 0
+    units: UnitCells | None = None
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        """The scalar and per-threshold results (without the per-unit cells)."""
+        return {k: v for k, v in self.__dict__.items() if k != "units"}
 
 
 def board_state_metrics(fit_x: torch.Tensor, fit_boards: torch.Tensor, test_x: torch.Tensor,
@@ -145,11 +195,19 @@ def board_state_metrics(fit_x: torch.Tensor, fit_boards: torch.Tensor, test_x: t
     Y_fit, Y_test = Y_fit[:, cells], Y_test[:, cells]
     positives = Y_test.float().sum(0)  # [C]
     max_act = fit_x.max(0).values
+    cell_index = cells.nonzero().squeeze(1)  # occurring cell -> index into the 768 cells
+    unit_f1 = torch.full((fit_x.shape[1],), -1.0)
+    unit_cell = torch.full((fit_x.shape[1],), -1, dtype=torch.long)
+    unit_t = torch.zeros(fit_x.shape[1])
     cov, rec = [], []
     for t in thresholds:
         tp, fires = _counts(test_x, max_act, t, Y_test)
         f1 = 2 * tp / (fires[:, None] + positives[None, :]).clamp_min(1)
         cov.append(float(f1.max(0).values.mean()))
+        best, at = f1.max(1)  # per feature: its best cell at this threshold
+        better = best > unit_f1
+        unit_f1, unit_t = torch.where(better, best, unit_f1), torch.where(better, t, unit_t)
+        unit_cell = torch.where(better, cell_index[at], unit_cell)
         tp_fit, fires_fit = _counts(fit_x, max_act, t, Y_fit)
         precision = tp_fit / fires_fit[:, None].clamp_min(1)
         classifier = ((precision >= PRECISION_MIN) & (fires_fit[:, None] >= MIN_FIRES)).float()
@@ -161,9 +219,12 @@ def board_state_metrics(fit_x: torch.Tensor, fit_boards: torch.Tensor, test_x: t
             pred_total += float(pred.sum())
         rec.append(2 * hit / (pred_total + float(positives.sum())))
     i_cov, i_rec = int(np.argmax(cov)), int(np.argmax(rec))
+    dead = ~(max_act > 0) | (unit_f1 <= 0)  # never on, or never on a true cell
+    units = UnitCells(torch.where(dead, -1, unit_cell), unit_f1.clamp_min(0),
+                      torch.where(dead, 0.0, unit_t), max_act)
     return BoardStateResult(cov[i_cov], rec[i_rec], cov, rec, thresholds[i_cov],
                             thresholds[i_rec], fit_x.shape[1], int(cells.sum()),
-                            int((max_act > 0).sum()))
+                            int((max_act > 0).sum()), units)
 
 
 def board_probe_accuracy(fit_x: torch.Tensor, fit_boards: torch.Tensor, test_x: torch.Tensor,
@@ -190,30 +251,49 @@ def board_probe_accuracy(fit_x: torch.Tensor, fit_boards: torch.Tensor, test_x: 
 
 
 @torch.no_grad()
-def router_score_l0(model: HookedTransformer, tokens: torch.Tensor) -> dict[str, float]:
+def router_score_l0(model: HookedTransformer, tokens: torch.Tensor,
+                    max_pairs: int = 2000, seed: int = 0) -> dict:
     """Pearson r between MoE-X routing scores and each expert's true firing fraction (L0 / D)
     on `tokens` [batch, pos], over all (token, expert) pairs of every MoE layer; plus expert
-    load (share of assignments) and dead experts."""
-    from workbench.models.moex import moe_layers, sparsity_scores
+    load (share of assignments) and dead experts.
 
-    layers = moe_layers(model)
-    if not layers:
+    Returns {} for a model without MoE layers, else
+        router_l0_r            mean over layers of r
+        router_l0_r_per_layer  [n_moe_layers] r
+        expert_load            [n_moe_layers][n_experts] share of the (token, slot) assignments
+        dead_experts           experts (over all layers) that no token chose
+        router_pairs           per layer {"layer", "expert", "score", "l0"}: a seeded random
+                               sample of at most `max_pairs` of the (token, expert) pairs that r
+                               is computed from (for the score-vs-L0 scatter)
+    Padding tokens count like the others (the table feeds whole rows of padded games).
+    """
+    from workbench.models.moex import MoEMLP, sparsity_scores
+
+    if not any(isinstance(b.mlp, MoEMLP) for b in model.blocks):
         return {}
-    names = [f"blocks.{i}.ln2.hook_normalized" for i, b in enumerate(model.blocks)]
-    names += [f"blocks.{i}.mlp.hook_experts" for i in range(len(model.blocks))]
+    moe = [i for i, b in enumerate(model.blocks) if isinstance(b.mlp, MoEMLP)]
+    names = [f"blocks.{i}.ln2.hook_normalized" for i in moe]
+    names += [f"blocks.{i}.mlp.hook_experts" for i in moe]
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    rs, loads, dead = [], [], 0
-    for i, layer in enumerate(layers):
+    gen = torch.Generator().manual_seed(seed)
+    rs, loads, pairs, dead = [], [], [], 0
+    for i in moe:
+        layer = model.blocks[i].mlp
         x = cache[f"blocks.{i}.ln2.hook_normalized"].reshape(-1, model.cfg.d_model)
-        score = sparsity_scores(x, layer.W_in, layer.b_in)
-        fired = layer.expert_firing(x)
+        score = sparsity_scores(x, layer.W_in, layer.b_in)  # [N, M]
+        fired = layer.expert_firing(x)  # [N, M]
         rs.append(float(torch.corrcoef(torch.stack([score.flatten(), fired.flatten()]))[0, 1]))
         counts = torch.bincount(cache[f"blocks.{i}.mlp.hook_experts"].flatten(),
                                 minlength=layer.spec.n_experts).float()
         loads.append((counts / counts.sum()).tolist())
         dead += int((counts == 0).sum())
+        n = score.numel()
+        pick = torch.randperm(n, generator=gen)[:max_pairs].sort().values
+        pairs.append({"layer": i, "expert": (pick % layer.spec.n_experts).tolist(),
+                      "score": score.flatten()[pick].tolist(),
+                      "l0": fired.flatten()[pick].tolist()})
     return {"router_l0_r": float(np.mean(rs)), "router_l0_r_per_layer": rs,
-            "expert_load": loads, "dead_experts": dead}
+            "expert_load": loads, "dead_experts": dead, "router_pairs": pairs}
 
 
 def sae_features(sae, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
@@ -258,8 +338,10 @@ def evaluate_chess_table(lab: Lab, dataset: str, rows: list[TableRow], layer: in
     if not rows:
         raise InvalidInputError("no models to evaluate; name at least one")
     hidden, resid = mlp_hidden_hook(layer), f"blocks.{layer}.hook_resid_post"
+    if len({r.label for r in rows}) != len(rows):
+        raise InvalidInputError("two table rows share a label; give every row its own")
     cache: dict[str, tuple] = {}
-    out = []
+    out, units = [], {}
     for row in rows:
         if row.model not in cache:
             model = load_model(row.model, lab=lab)
@@ -290,8 +372,9 @@ def evaluate_chess_table(lab: Lab, dataset: str, rows: list[TableRow], layer: in
                   "coverage_by_t": result.coverage_by_t,
                   "reconstruction_by_t": result.reconstruction_by_t,
                   "tokens_per_s": art.metrics.get("tokens_per_s"), **probe,
-                  **{k: v for k, v in router.items() if k in ("router_l0_r", "dead_experts")}}
+                  **router}
         out.append(record)
+        units[row.label] = result.units
         echo(f"{row.label:<22} val_loss {record['val_loss']:.4f}  coverage {result.coverage:.3f}"
              f"  reconstruction {result.reconstruction:.3f}  probe {probe['probe_accuracy']:.3f}")
     if name is not None:
@@ -303,10 +386,65 @@ def evaluate_chess_table(lab: Lab, dataset: str, rows: list[TableRow], layer: in
                               overwrite=overwrite) as writer:
             write_json(writer.path / "table.json", out)
             pd.DataFrame(flat).to_parquet(writer.path / "table.parquet", index=False)
+            pd.concat([u.to_frame(label) for label, u in units.items()]).to_parquet(
+                writer.path / UNITS_FILE, index=False)
             writer.manifest["analysis"] = "moex_board_state"
             writer.metrics.update({f"{r['variant']}_{m}": r[m] for r in out
                                    for m in ("coverage", "reconstruction", "val_loss")})
     return out
+
+
+@dataclass
+class ChessTable:
+    """A stored board-state table (`evaluate_chess_table`): its records (one per row, every
+    ROUTER_KEYS key present, None where the row has no MoE layer or the table predates it),
+    the evaluation config (dataset, layer, hook, rows, thresholds) and the per-unit best cells
+    (None for tables stored before they were kept)."""
+
+    name: str
+    records: list[dict]
+    config: dict
+    units: object | None  # pandas DataFrame of UnitCells.to_frame rows, or None
+
+    def missing(self) -> list[str]:
+        """What this table lacks that newer tables hold (empty when complete)."""
+        out = []
+        moe = [r for r in self.records if r.get("router_l0_r") is not None]
+        if moe and any(r.get("router_pairs") is None or r.get("expert_load") is None
+                       for r in moe):
+            out.append("router (score, L0) pairs and expert load")
+        if self.units is None:
+            out.append("per-unit best board-state cells")
+        return out
+
+    def unit_cells(self, variant: str) -> UnitCells | None:
+        if self.units is None:
+            return None
+        rows = self.units[self.units.variant == variant]
+        return UnitCells.from_frame(rows) if len(rows) else None
+
+
+def load_chess_table(lab: Lab, name: str) -> ChessTable:
+    """Read a stored table artifact, old or new (see ChessTable)."""
+    import pandas as pd
+
+    from workbench.lab import read_json
+
+    art = lab.get(name, kind="analysis")
+    if art.manifest.get("analysis") != "moex_board_state":
+        raise InvalidInputError(f"analysis {name!r} is not a board-state table; make one with "
+                                "`workbench moex eval --name NAME ...`")
+    records = read_json(art.path / "table.json", f"table {name!r}")
+    if not isinstance(records, list):
+        raise InvalidInputError(f"table {name!r} is damaged (table.json is not a list of rows); "
+                                f"evaluate again with `workbench moex eval --name {name} "
+                                "--overwrite ...`")
+    for r in records:
+        for key in ROUTER_KEYS:
+            r.setdefault(key, None)
+    units_path = art.path / UNITS_FILE
+    units = pd.read_parquet(units_path) if units_path.exists() else None
+    return ChessTable(name, records, dict(art.config), units)
 
 
 def format_table(records: list[dict]) -> str:

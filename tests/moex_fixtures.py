@@ -1,4 +1,5 @@
-"""A tiny chess lab for the MoE-X / chess tests (games, tokenizer), built in a few seconds."""
+"""Tiny chess labs for the MoE-X / chess tests: games and tokenizer (`build_chess_lab`, a few
+seconds) or the whole quick chess recipe (`build_quick_chess_lab`)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,14 @@ def train_cfg(steps: int = 4, **kw) -> LMTrainConfig:
     return LMTrainConfig(steps=steps, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=2,
                          eval_sequences=4, final_eval_sequences=8, save_every=1,
                          packing="document", precision="fp32", **kw)
+
+
+
+def build_quick_chess_lab(root: Path) -> Lab:
+    """The chess recipe at --quick size (every model variant, the SAE and the stored table
+    `chess-table` at layer 0; about 12 s on 2 cores)."""
+    from app.recipes.chess import build
+
+    lab = Lab(root)
+    build(lab, echo=lambda s: None, quick=True)
+    return lab

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,9 +44,9 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     raise TimeoutError(f"dashboard did not answer at {url}")
 
 
-@pytest.fixture(scope="module")
-def served(tiny_lab):
-    lab = add_analyses(add_steering_artifacts(add_dashboard_saes(tiny_lab)))
+@contextmanager
+def _serve(lab):
+    """`workbench app` over `lab` on a free port; yields the port."""
     port = _free_port()
     env = {**os.environ, "WORKBENCH_LAB": str(lab.root),
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
@@ -54,13 +55,31 @@ def served(tiny_lab):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_for(f"http://127.0.0.1:{port}/_stcore/health", proc)
-        yield lab, port
+        yield port
     finally:
         proc.terminate()
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_lab):
+    lab = add_analyses(add_steering_artifacts(add_dashboard_saes(tiny_lab)))
+    with _serve(lab) as port:
+        yield lab, port
+
+
+@pytest.fixture(scope="module")
+def served_chess(tmp_path_factory):
+    """The quick chess lab (its own lab: chess models in the shared lab would change the other
+    pages' defaults)."""
+    from moex_fixtures import build_quick_chess_lab
+
+    lab = build_quick_chess_lab(tmp_path_factory.mktemp("browser_chess") / "lab")
+    with _serve(lab) as port:
+        yield lab, port
 
 
 def test_port_taken_gives_a_clear_message(served):
@@ -126,6 +145,7 @@ def test_dashboard_pages_in_chromium(served, tmp_path):
         visit("Sparsity laws", "Fitted laws", "sparsity-laws", full=True)
         visit("Attention sparsity", "Attention output error per layer", "attention", full=True)
         visit("Depth utilization", "Causal scores", "depth", full=True)
+        visit("MoE-X", "No chess lab yet", "moex-empty")
         page.get_by_role("link", name="Feature browser").first.click()
         settle()
         # other tests of the session may have added SAEs to the shared lab: pick ours
@@ -179,3 +199,51 @@ def test_dashboard_pages_in_chromium(served, tmp_path):
     elapsed = time.time() - t0
     assert not errors, errors
     assert elapsed < 180, f"the browser walk took {elapsed:.0f} s"
+
+
+def test_moex_page_in_chromium(served_chess, tmp_path):
+    """The MoE-X page on a chess lab: table, charts, the board (inline SVG) and a move of the
+    position slider; no console errors."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    assert CHROMIUM.exists(), "chromium is installed by scripts/setup.sh (apt-get install chromium)"
+    _, port = served_chess
+    shots = Path(os.environ.get("WORKBENCH_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM),
+                                    args=["--no-sandbox", "--disable-gpu", "--no-first-run",
+                                          "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+        page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}")
+                if r.status >= 400 else None)
+
+        def settle() -> None:
+            page.wait_for_timeout(300)
+            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
+                                   timeout=90_000)
+            page.wait_for_timeout(1000)
+
+        page.goto(f"http://127.0.0.1:{port}")  # a deep link probes /moex/_stcore (404s)
+        page.get_by_text("Sparsity workbench").first.wait_for(timeout=90_000)
+        settle()
+        page.get_by_role("link", name="MoE-X").first.click()
+        page.get_by_text("Board view").first.wait_for(timeout=90_000)
+        settle()
+        assert not page.get_by_text("Traceback").count()
+        page.screenshot(path=str(shots / "moex.png"))
+        page.get_by_role("slider").last.focus()
+        page.keyboard.press("End")
+        settle()
+        board = page.locator('img[src^="data:image/svg+xml"]')
+        board.first.wait_for(timeout=30_000)
+        board.first.scroll_into_view_if_needed()
+        settle()
+        page.screenshot(path=str(shots / "moex-board.png"))
+        page.screenshot(path=str(shots / "moex-full.png"), full_page=True)
+        assert page.get_by_text("units active").count()
+        browser.close()
+    assert not errors, errors

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saes.board_eval import board_probe_accuracy, board_state_metrics, cell_labels
+from saes.board_eval import (
+    UnitCells,
+    board_probe_accuracy,
+    board_state_metrics,
+    cell_labels,
+    router_score_l0,
+)
 from workbench.errors import InvalidInputError
 
 
@@ -67,3 +73,45 @@ def test_probe_reads_a_linear_board_code():
 def test_mismatched_inputs():
     with pytest.raises(InvalidInputError, match="matching rows"):
         board_state_metrics(torch.rand(5, 3), _boards(4, 0), torch.rand(5, 3), _boards(5, 0))
+
+
+def test_each_unit_gets_its_best_cell():
+    fit, test = _boards(600, 0), _boards(400, 1)
+    cells = [7 * 12 + 0, 30 * 12 + 11, 63 * 12 + 5]  # P on h1, k on g4, K on h8
+    fit_x, test_x = torch.rand(600, 4), torch.rand(400, 4)
+    for i, c in enumerate(cells):
+        fit_x[:, i] = cell_labels(fit)[:, c].float() * (i + 1)
+        test_x[:, i] = cell_labels(test)[:, c].float() * (i + 1)
+    fit_x[:, 3] = test_x[:, 3] = 0.0  # a unit that never fires
+    units = board_state_metrics(fit_x, fit, test_x, test).units
+    assert units.cell.tolist()[:3] == cells and units.cell[3] == -1
+    assert units.f1[:3].tolist() == pytest.approx([1.0] * 3) and units.f1[3] == 0
+    assert units.square_piece(1) == (30, 12) and units.square_piece(3) is None
+    assert units.max_act.tolist() == pytest.approx([1.0, 2.0, 3.0, 0.0])
+    back = UnitCells.from_frame(units.to_frame("x").sample(frac=1.0, random_state=0))
+    assert back.cell.tolist() == units.cell.tolist()
+    assert back.f1.tolist() == pytest.approx(units.f1.tolist())
+
+
+def test_router_pairs_and_expert_load():
+    from transformer_lens import HookedTransformerConfig
+
+    from workbench.models.moex import MoESpec, build_moex
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=16,
+                                  d_vocab=20, n_ctx=12, act_fn="relu", seed=0)
+    model = build_moex(cfg, MoESpec(n_experts=4, k=2, d_expert=8).to_options())
+    tokens = torch.randint(0, 20, (3, 12), generator=torch.Generator().manual_seed(0))
+    full = router_score_l0(model, tokens, max_pairs=10_000)
+    assert len(full["router_pairs"]) == 2 and len(full["expert_load"]) == 2
+    for layer, pairs, load, r in zip((0, 1), full["router_pairs"], full["expert_load"],
+                                     full["router_l0_r_per_layer"]):
+        assert pairs["layer"] == layer and len(pairs["score"]) == 3 * 12 * 4
+        assert sorted(set(pairs["expert"])) == [0, 1, 2, 3]
+        xy = torch.tensor([pairs["score"], pairs["l0"]])
+        assert float(torch.corrcoef(xy)[0, 1]) == pytest.approx(r, abs=1e-5)  # all pairs: r
+        assert sum(load) == pytest.approx(1.0) and len(load) == 4
+    few = router_score_l0(model, tokens, max_pairs=50)
+    assert all(len(p["score"]) == 50 for p in few["router_pairs"])
+    assert few["router_l0_r"] == pytest.approx(full["router_l0_r"])
+    assert few["dead_experts"] == sum(x == 0 for load in full["expert_load"] for x in load)

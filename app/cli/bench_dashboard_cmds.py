@@ -10,7 +10,7 @@ from app.cli.common import echo_json, get_lab
 
 def dashboard_command(
     pages: str = typer.Option(None, "--pages", help="Comma list of pages: lab, model, saes, "
-                              "features, steering, laws, attention, depth (default: all)."),
+                              "features, steering, laws, attention, depth, moex (default: all)."),
     repeats: int = typer.Option(5, "--repeats", help="Warm reruns per page (median reported)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

@@ -117,11 +117,38 @@ def eval_cmd(
 @moex_app.command("show")
 def show_cmd(name: str = typer.Argument("chess-table", help="A stored table artifact.")) -> None:
     """Print a stored board-state table."""
-    from saes.board_eval import format_table
-    from workbench.lab import read_json
+    from saes.board_eval import format_table, load_chess_table
 
-    art = get_lab().get(name, kind="analysis")
-    typer.echo(format_table(read_json(art.path / "table.json", f"table {name!r}")))
+    typer.echo(format_table(load_chess_table(get_lab(), name).records))
+
+
+@moex_app.command("text")
+def text_cmd(
+    corpus: str = typer.Option("default-corpus", help="Multilingual corpus artifact (its "
+                                                      "validation split is read)."),
+    models: str = typer.Option(..., help="Comma-separated LABEL=MODEL (or MODEL) entries; "
+                                         "MODEL+SAE for SAE features of MODEL's MLP hidden."),
+    layer: int = typer.Option(1, help="Block whose MLP hidden units (hook_post) are scored."),
+    tokens: int = typer.Option(16384, help="Validation tokens for the concept evaluation."),
+    name: str = typer.Option(None, help="Store the table as this analysis artifact."),
+    overwrite: bool = typer.Option(False, help="Replace an existing table artifact."),
+    json_out: bool = typer.Option(False, "--json", help="Print the records as JSON."),
+) -> None:
+    """MoE-X vs dense on text: validation loss and the language concept evaluation of MLP
+    hidden units (MoE-X's wide hidden, dense neurons) and SAE features of a dense model."""
+    from saes.text_eval import TextRow, evaluate_text_table, format_text_table
+
+    rows = []
+    for entry in [e.strip() for e in models.split(",") if e.strip()]:
+        label, _, spec = entry.rpartition("=")
+        spec_model, _, sae = spec.partition("+")
+        rows.append(TextRow(label or spec, spec_model, sae or None))
+    records = evaluate_text_table(get_lab(), corpus, rows, layer, n_tokens=tokens, name=name,
+                                  overwrite=overwrite, echo=lambda s: None)
+    if json_out:
+        echo_json(records)
+    else:
+        typer.echo(format_text_table(records))
 
 
 @moex_app.command("bench")

@@ -27,6 +27,7 @@ PAGE_TABLE = {
     "laws": ("pages/sparsity_laws.py", 2.0, "The Sparsity laws page"),
     "attention": ("pages/attention.py", 2.0, "The Attention sparsity page"),
     "depth": ("pages/depth.py", 2.0, "The Depth utilization page"),
+    "moex": ("pages/moex.py", 2.0, "The MoE-X page"),
 }
 PAGES = {key: script for key, (script, _, _) in PAGE_TABLE.items()}
 GOALS = {key: goal for key, (_, goal, _) in PAGE_TABLE.items()}

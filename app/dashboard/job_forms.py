@@ -63,6 +63,12 @@ JOB_KINDS = (
             "under sparse attention"),
     JobKind("depth", "Depth utilization",
             "angular distances between layers, layer removal, usefulness, per-layer variance"),
+    JobKind("chess-lab", "Build the chess lab",
+            "chess games, dense / Switch / MoE-X models, an SAE and the board-state table "
+            "(about an hour on 2 CPU cores)"),
+    JobKind("moex-eval", "Evaluate MoE-X (board-state table)",
+            "coverage, reconstruction, probes, router score vs L0 and expert load of the chess "
+            "lab's models (the variants that exist)"),
 )
 ANALYSIS_KINDS = ("sparsity-law-lab", "sparsity-law", "attention", "depth")
 
@@ -242,6 +248,19 @@ def plan(kind: str, values: dict[str, Any], lab: Lab) -> JobPlan:
         return _steering_plan(kind, values, lab, p)
     if kind in ANALYSIS_KINDS:
         return _analysis_plan(kind, values, lab, p)
+    if kind == "chess-lab":
+        from app.recipes.chess import ChessRecipe, table_rows
+
+        r = ChessRecipe()
+        rows = table_rows(r)
+        names = [n for n in [r.prefix, f"{r.prefix}-tok", f"{r.prefix}-dense_relu-seed",
+                             f"{r.prefix}-table"] + sorted({row.model for row in rows})
+                 + sorted({row.sae for row in rows if row.sae}) if not lab.exists(n)]
+        if not names:
+            p.append("the chess lab is complete already")
+        return JobPlan(["lab", "build", "chess"], names, p)
+    if kind == "moex-eval":
+        return _moex_eval_plan(values, lab, p)
     raise InvalidInputError(f"unknown job kind {kind!r}; one of "
                             f"{', '.join(k.key for k in JOB_KINDS)}")
 
@@ -392,4 +411,36 @@ def _analysis_plan(kind: str, values: dict[str, Any], lab: Lab, p: list[str]) ->
     if kind == "depth":
         fit = _positive(values, "fit_tokens", p, "fit tokens", 256)
         args += ["--fit-tokens", str(fit)]
+    return JobPlan(args, [name], p)
+
+
+def _moex_eval_plan(values: dict[str, Any], lab: Lab, p: list[str]) -> JobPlan:
+    """`workbench moex eval` stored as `name`: over values["rows"] (a stored table's rows, to
+    re-evaluate it) or the chess recipe's table rows, those whose models (and SAE) exist; at
+    values["layer"] or the models' last block (the recipe's eval layer)."""
+    from app.recipes.chess import ChessRecipe, table_rows
+    from saes.board_eval import TableRow
+
+    dataset = _existing(lab, values.get("dataset") or "chess", "corpus", p, "chess dataset")
+    name = _new_name(lab, values.get("name") or "chess-table", p,
+                     overwrite=bool(values.get("overwrite")))
+    wanted = ([TableRow(**r) for r in values["rows"]] if values.get("rows")
+              else table_rows(ChessRecipe(prefix=dataset)))
+    rows = [r for r in wanted if lab.exists(r.model) and (r.sae is None or lab.exists(r.sae))]
+    if not rows:
+        p.append(f"no models of the chess lab {dataset!r} yet; build them with "
+                 "`workbench lab build chess`")
+        return JobPlan([], [name], p)
+    layer = values.get("layer")
+    if layer is None:
+        model = lab.get(rows[0].model)
+        layer = int(model.config.get("model", {}).get("n_layers", 1)) - 1
+    models = ",".join(f"{'~' if r.group == 'ablation' else ''}{r.label}="
+                      f"{r.model}{'+' + r.sae if r.sae else ''}" for r in rows)
+    args = ["moex", "eval", "--dataset", dataset, "--models", models, "--layer", str(layer),
+            "--name", name]
+    if values.get("max_games"):
+        args += ["--max-games", str(_positive(values, "max_games", p, "games per split"))]
+    if values.get("overwrite"):
+        args.append("--overwrite")
     return JobPlan(args, [name], p)

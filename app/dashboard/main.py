@@ -34,6 +34,7 @@ NAVIGATION = {
         st.Page(PAGES / "attention.py", title="Attention sparsity"),
         st.Page(PAGES / "depth.py", title="Depth utilization"),
     ],
+    "MoE-X": [st.Page(PAGES / "moex.py", title="MoE-X")],
 }
 
 # No page_icon and no st.Page icons: Streamlit turns them into the favicon, fetched from

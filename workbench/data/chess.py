@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import multiprocessing
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -131,21 +132,48 @@ def _play_job(args: tuple[int, str, int, int | None]):
     return play_game(*args)
 
 
-def parse_pgn_positions(text: str) -> list[tuple[int, list[int]]]:
-    """Replay a PGN string of this format and return the board at each "." (for checking)."""
+def _replay(text: str) -> Iterator[tuple[int, chess.Board]]:
+    """Replay a PGN string of this format: (index of each ".", the board there). The board is
+    the live replay board (moves are pushed after each yield): copy it to keep it."""
     if not text.startswith(";"):
         raise InvalidInputError("a chess game string starts with ';'")
     board = chess.Board()
-    out: list[tuple[int, list[int]]] = []
     pos = 1
     for token in text[1:].split(" "):
         start, pos = pos, pos + len(token) + 1
         san = token
         if "." in token:
             number, _, san = token.partition(".")
-            out.append((start + len(number), board_labels(board)))
-        board.push_san(san)
-    return out
+            yield start + len(number), board
+        try:
+            board.push_san(san)
+        except ValueError as exc:
+            raise InvalidInputError(f"the game string has an illegal or unreadable move "
+                                    f"{san!r} at character {start}: {exc}") from exc
+
+
+def parse_pgn_positions(text: str) -> list[tuple[int, list[int]]]:
+    """Replay a PGN string of this format and return the board at each "." (for checking)."""
+    return [(dot, board_labels(board)) for dot, board in _replay(text)]
+
+
+def dot_positions(text: str) -> list[int]:
+    """Indices of the "." characters of a game string (the positions with a known board)."""
+    return [i for i, ch in enumerate(text) if ch == "."]
+
+
+def board_at(text: str, dot: int) -> chess.Board:
+    """The board (python-chess) at the "." with index `dot` of a game string: the position
+    before white's move of that number is played (the board `load_board_states` records)."""
+    for at, board in _replay(text):
+        if at == dot:
+            return board.copy(stack=False)
+        if at > dot:
+            break
+    dots = dot_positions(text)
+    shown = ", ".join(map(str, dots[:8])) + (" ..." if len(dots) > 8 else "")
+    raise InvalidInputError(f"character {dot} of the game is not a '.' (before a white move); "
+                            f"choose one of its {len(dots)} '.' positions: {shown}")
 
 
 # -- the dataset -----------------------------------------------------------------------------

@@ -163,3 +163,16 @@ def test_bad_settings_give_clear_errors():
         build_moex(_cfg(), {"n_expert": 3})
     with pytest.raises(InvalidInputError, match="gated=False"):
         build_moex(_cfg(gated=True), {})
+
+
+def test_moex_architecture_found_without_importing_its_module_first():
+    # training names the architecture before any manifest says which module registers it
+    import subprocess
+    import sys
+
+    code = ("import sys; from workbench.models.architectures import get_architecture; "
+            "assert 'workbench.models.moex' not in sys.modules; "
+            "print(get_architecture('moex').name)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "moex", out.stderr[-2000:]

@@ -27,6 +27,9 @@ from workbench.errors import NotFoundError
 
 DEFAULT_ARCHITECTURE = "hooked_transformer"
 _TRUSTED_MODULE_PREFIXES = ("workbench.",)
+# the workbench's own architectures, imported on first use (training names them before any
+# manifest says where they live)
+_BUILTIN_MODULES = {"moex": "workbench.models.moex"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ def get_architecture(name: str, module: str | None = None) -> Architecture:
     Only modules inside the workbench package are imported, so a manifest cannot make the loader
     run arbitrary code.
     """
+    module = module or _BUILTIN_MODULES.get(name)
     if name not in _REGISTRY and module and module.startswith(_TRUSTED_MODULE_PREFIXES):
         importlib.import_module(module)
     if name not in _REGISTRY:

@@ -20,6 +20,7 @@ import torch
 
 from steering.vectors import SteeringVector, check_positions, check_strength
 from workbench.errors import InvalidInputError
+from workbench.models.token_text import readable_text
 
 
 @dataclass
@@ -93,7 +94,8 @@ def generate(model, prompts: Sequence[str], vector: SteeringVector | None = None
                              padding_side="left")
     width = tokens.shape[1]
     tok = model.tokenizer
-    return [tok.decode(row[width:], skip_special_tokens=True) for row in out]
+    # a character split over tokens is joined; bytes left invalid show as <0xNN>, not U+FFFD
+    return [readable_text(tok, row[width:].tolist()) for row in out]
 
 
 def side_by_side(model, prompts: Sequence[str], vector: SteeringVector | None = None,

@@ -30,3 +30,14 @@ def test_split_byte_token_shows_its_bytes():
         assert "\ufffd" not in readable_token(tok, i)
     whole = tok.encode("hello")[0]
     assert readable_token(tok, whole) == tok.decode([whole])
+
+
+def test_readable_text_joins_split_characters_and_shows_stray_bytes():
+    from workbench.models.token_text import readable_text
+
+    tok = _byte_level_tokenizer()
+    ids = tok.encode("привет café", add_special_tokens=False)
+    assert readable_text(tok, ids) == "привет café"
+    lone = tok.convert_tokens_to_ids("Ð")  # byte 0xD0 alone: a generation stopped mid-character
+    assert "\ufffd" in tok.decode(ids + [lone])
+    assert readable_text(tok, ids + [lone]) == "привет café<0xD0>"

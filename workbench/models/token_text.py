@@ -45,3 +45,18 @@ def readable_token(tokenizer: Any, token_id: int) -> str:
         if piece.startswith("<0x"):
             return piece
     return text.replace("\ufffd", "<?>")
+
+
+def readable_text(tokenizer: Any, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+    """A token sequence decoded as one text (a character split across tokens is joined); bytes
+    that are still not valid UTF-8 (e.g. a generation that stopped inside a character, or a
+    model writing a stray continuation byte) show as `<0xNN>` instead of U+FFFD."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+    if "\ufffd" not in text:
+        return text
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) if skip_special_tokens else set()
+    pieces = tokenizer.convert_ids_to_tokens([t for t in token_ids if t not in special])
+    table = _byte_decoder()
+    if all(isinstance(p, str) and all(ch in table for ch in p) for p in pieces):
+        return bytes_text(bytes(table[ch] for p in pieces for ch in p))
+    return text  # not a byte-level BPE vocabulary: keep the tokenizer's own decoding

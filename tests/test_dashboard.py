@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from workbench.lab import Lab
 
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "dashboard" / "main.py")
-PAGES = ("pages/lab.py", "pages/model.py", "pages/saes.py", "pages/features.py")
+PAGES = ("views/lab.py", "views/model.py", "views/saes.py", "views/features.py")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_lab_page_lists_artifacts_and_flags_a_corrupt_one(dash_lab, tmp_path, mo
 
 
 def test_model_page_shows_tokens_predictions_and_activations(dash_lab, monkeypatch):
-    at = _app(monkeypatch, dash_lab, "pages/model.py")
+    at = _app(monkeypatch, dash_lab, "views/model.py")
     at.text_area(key="model-text").input("Der Hund schläft.").run()
     _clean(at)
     predictions = at.dataframe[0].value
@@ -86,7 +86,7 @@ def test_model_page_shows_tokens_predictions_and_activations(dash_lab, monkeypat
 
 
 def test_saes_page_shows_the_evaluation_table_and_plots(dash_lab, monkeypatch):
-    at = _app(monkeypatch, dash_lab, "pages/saes.py")
+    at = _app(monkeypatch, dash_lab, "views/saes.py")
     _clean(at)
     table = at.dataframe[0].value
     row = table[table.SAE == SAE].iloc[0]
@@ -95,7 +95,7 @@ def test_saes_page_shows_the_evaluation_table_and_plots(dash_lab, monkeypatch):
 
 
 def _feature_page(monkeypatch, lab, sae: str = SAE) -> AppTest:
-    at = _app(monkeypatch, lab, "pages/features.py")
+    at = _app(monkeypatch, lab, "views/features.py")
     at.selectbox(key="feature-sae").select(sae).run()
     return at
 

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from workbench.lab import Lab
 
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "dashboard" / "main.py")
-LAWS, ATTN, DEPTH_PAGE = "pages/sparsity_laws.py", "pages/attention.py", "pages/depth.py"
+LAWS, ATTN, DEPTH_PAGE = "views/sparsity_laws.py", "views/attention.py", "views/depth.py"
 
 
 @pytest.fixture(scope="module")

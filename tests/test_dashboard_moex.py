@@ -19,7 +19,7 @@ from workbench.data.chess import load_games
 from workbench.lab import Lab
 
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "dashboard" / "main.py")
-PAGE = "pages/moex.py"
+PAGE = "views/moex.py"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from app.dashboard.job_forms import plan
 from workbench.lab import Lab
 
 MAIN = str(Path(__file__).resolve().parents[1] / "app" / "dashboard" / "main.py")
-PAGE = "pages/steering.py"
+PAGE = "views/steering.py"
 
 
 @pytest.fixture(scope="module")

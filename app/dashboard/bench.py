@@ -19,15 +19,15 @@ from pathlib import Path
 MAIN = Path(__file__).resolve().parent / "main.py"
 # page key -> (script under app/dashboard, warm goal in s, first docstring line of its main())
 PAGE_TABLE = {
-    "lab": ("pages/lab.py", 2.0, "The Lab page"),
-    "model": ("pages/model.py", 2.0, "The Model page"),
-    "saes": ("pages/saes.py", 2.0, "The SAEs page"),
-    "features": ("pages/features.py", 1.0, "The feature browser"),
-    "steering": ("pages/steering.py", 2.0, "The LangFIR and steering page"),  # with a generation
-    "laws": ("pages/sparsity_laws.py", 2.0, "The Sparsity laws page"),
-    "attention": ("pages/attention.py", 2.0, "The Attention sparsity page"),
-    "depth": ("pages/depth.py", 2.0, "The Depth utilization page"),
-    "moex": ("pages/moex.py", 2.0, "The MoE-X page"),
+    "lab": ("views/lab.py", 2.0, "The Lab page"),
+    "model": ("views/model.py", 2.0, "The Model page"),
+    "saes": ("views/saes.py", 2.0, "The SAEs page"),
+    "features": ("views/features.py", 1.0, "The feature browser"),
+    "steering": ("views/steering.py", 2.0, "The LangFIR and steering page"),  # with a generation
+    "laws": ("views/sparsity_laws.py", 2.0, "The Sparsity laws page"),
+    "attention": ("views/attention.py", 2.0, "The Attention sparsity page"),
+    "depth": ("views/depth.py", 2.0, "The Depth utilization page"),
+    "moex": ("views/moex.py", 2.0, "The MoE-X page"),
 }
 PAGES = {key: script for key, (script, _, _) in PAGE_TABLE.items()}
 GOALS = {key: goal for key, (_, goal, _) in PAGE_TABLE.items()}

@@ -3,7 +3,7 @@
 `plan(kind, values, lab)` checks the values and returns a `JobPlan`: the `workbench` arguments,
 the artifact names the job makes (so the job layer refuses a name already being made), and the
 problems found. A plan with problems is never started. No Streamlit here, so the validation is
-tested directly; `app.dashboard.pages.lab` draws the forms.
+tested directly; `app.dashboard.views.lab` draws the forms.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Dashboard entry: `workbench app` serves this file (Streamlit multipage via st.navigation).
 
-The lab comes from $WORKBENCH_LAB (set by the CLI's --lab). Pages live in `pages/`; each page
-guards itself so errors show as messages, never as tracebacks.
+The lab comes from $WORKBENCH_LAB (set by the CLI's --lab). Pages live in `views/` (a folder
+named `pages/` would also be listed by Streamlit as its own navigation when a page's URL is opened
+directly); each page guards itself so errors show as messages, never as tracebacks.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `streamlit run app/dashboard/main.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-PAGES = Path(__file__).parent / "pages"
+PAGES = Path(__file__).parent / "views"
 
 # The pages, in navigation order. Areas add theirs here (MoE-X, steering, analyses) as
 # st.Page(PAGES / "<area>.py", title=...) (no icon: see below).

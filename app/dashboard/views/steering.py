@@ -211,7 +211,7 @@ def kept_tab(rep, tables: dict) -> None:
             choice = st.selectbox("Open a kept feature in the feature browser", labels,
                                   key="kept-open")
             row = features.iloc[labels.index(choice)]
-            st.page_link("pages/features.py", label=f"Open feature {int(row.feature)} of "
+            st.page_link("views/features.py", label=f"Open feature {int(row.feature)} of "
                          f"{rep.meta['sae']} →",
                          query_params={"sae": rep.meta["sae"], "feature": str(int(row.feature))})
 

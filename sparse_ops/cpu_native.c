@@ -25,8 +25,8 @@
  *                 sum); the last C_L replaced by 1e8; k = first argmin_j |sqrt(C_j) - ||z|||),
  *                 without sorting the row: the largest s values are moved to the front in
  *                 doubling batches until their sum reaches ||z||^2, and only that front is
- *                 sorted. Writes k, the number of kept positive latents, and their ids and
- *                 activations in kept order.
+ *                 sorted. Writes k, the number of kept positive latents, and their ids (in
+ *                 increasing order) and activations.
  */
 
 #include <float.h>
@@ -595,9 +595,11 @@ static void topafa_range(void *arg, int64_t row_begin, int64_t row_end) {
                     malloc((size_t)(L + 1) * sizeof(int64_t)), L + 1, 0, 1, 0.0f};
     uint64_t *front = malloc((size_t)(L + 1) * sizeof(uint64_t));
     score_bins *bins = malloc(sizeof(score_bins));
-    if (!s || !c.v || !c.id || !front || !bins) {
+    int64_t words = (L + 63) / 64;
+    uint64_t *keep = malloc((size_t)words * sizeof(uint64_t));
+    if (!s || !c.v || !c.id || !front || !bins || !keep) {
         job->failed = 1;
-        free(s), free(c.v), free(c.id), free(front), free(bins);
+        free(s), free(c.v), free(c.id), free(front), free(bins), free(keep);
         return;
     }
     for (int64_t r = row_begin; r < row_end; r++) {
@@ -610,27 +612,36 @@ static void topafa_range(void *arg, int64_t row_begin, int64_t row_end) {
                 if (row[l] > 0.0f) front[n_front++] = score_key(s[l], l);
             sort_keys_desc(front, n_front);
         }
+        /* the kept latents in increasing id order (a bitmap walk): the sparse passes that
+         * follow (pair_sums' latent ranges, the decode's row reads) go through W in order */
         int64_t kept = 0, upto = k < n_front ? k : n_front;
+        memset(keep, 0, (size_t)words * sizeof(uint64_t));
         for (int64_t i = 0; i < upto; i++) {
-            float a = row[key_id(front[i])];
-            if (!(a > 0.0f)) continue; /* a zero activation (e.g. a zero decoder norm) */
-            if (kept == job->cap) {
-                job->failed = 2;
-                break;
-            }
-            job->ids[r * job->cap + kept] = key_id(front[i]);
-            job->vals[r * job->cap + kept++] = a;
+            int64_t id = key_id(front[i]);
+            keep[id >> 6] |= 1ull << (id & 63);
         }
+        for (int64_t w = 0; w < words; w++)
+            for (uint64_t bits = keep[w]; bits; bits &= bits - 1) {
+                int64_t id = (w << 6) + __builtin_ctzll(bits);
+                float a = row[id];
+                if (!(a > 0.0f)) continue; /* a zero activation (e.g. a zero decoder norm) */
+                if (kept == job->cap) {
+                    job->failed = 2;
+                    break;
+                }
+                job->ids[r * job->cap + kept] = id;
+                job->vals[r * job->cap + kept++] = a;
+            }
         job->k_out[r] = k;
         job->len_out[r] = kept;
     }
-    free(s), free(c.v), free(c.id), free(front), free(bins);
+    free(s), free(c.v), free(c.id), free(front), free(bins), free(keep);
 }
 
 /* pre [n, L] (row stride L), norms [L], zn [n] -> k_out [n], len_out [n] (kept positive
  * latents, <= cap), ids [n, cap], vals [n, cap] (row r's first len_out[r] entries written, in
- * kept order). Returns 0, -1 on bad arguments, -2 when out of memory, -3 when a row keeps more
- * than cap latents. */
+ * increasing id order). Returns 0, -1 on bad arguments, -2 when out of memory, -3 when a row
+ * keeps more than cap latents. */
 int wb_topafa_rows(const float *pre, const float *norms, const float *zn, int64_t n, int64_t L,
                    int64_t cap, int64_t *k_out, int64_t *len_out, int64_t *ids, float *vals,
                    int n_threads) {

@@ -191,9 +191,9 @@ def topafa_rows(pre: torch.Tensor, dec_norms: torch.Tensor, z_norm: torch.Tensor
     sparse_ops.encode.topafa_select, without sorting the rows).
 
     dec_norms [L], z_norm [n] float32. Returns k [n] int64 (the rule's k(x)), lengths [n] int64
-    (the kept latents with a positive activation, <= k), and ids [n, K] int64 with their
-    activations vals [n, K] float32 (K = max(lengths), kept order: s descending, ties to the
-    lower id; zero past a row's length). Requires usable_rows(pre) and a contiguous pre."""
+    (the kept latents with a positive activation, <= k), and ids [n, K] int64 (increasing
+    within a row) with their activations vals [n, K] float32 (K = max(lengths); zero past a
+    row's length). Requires usable_rows(pre) and a contiguous pre."""
     n, L = pre.shape
     if not pre.is_contiguous():
         raise ValueError("topafa_rows needs a contiguous [n, L] pre-activation matrix")

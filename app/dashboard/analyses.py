@@ -12,7 +12,6 @@ import pandas as pd
 import streamlit as st
 
 from app.dashboard import common
-from app.dashboard.job_forms import plan
 from workbench.lab import Artifact
 
 
@@ -111,12 +110,7 @@ def job_form(kind: str, button: str, key: str, model: str | None = None) -> None
         values = job_fields(kind, key, model)
         submitted = st.form_submit_button(button, type="primary")
     if submitted:
-        job_plan = plan(kind, values, common.lab())
-        if not job_plan.ok:
-            for problem in job_plan.problems:
-                st.error(problem)
-            return
-        common.start_job(job_plan.args, job_plan.names)
+        common.start_planned_job(kind, values)
 
 
 def offer_default_lab(what: str, key: str) -> None:

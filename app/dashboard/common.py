@@ -220,6 +220,19 @@ def start_job(args: list[str], names: list[str] | None = None) -> int | None:
     return job_id
 
 
+def start_planned_job(kind: str, values: dict[str, Any]) -> int | None:
+    """Check a job form's values (app.dashboard.job_forms.plan): show each problem, or start
+    the job."""
+    from app.dashboard.job_forms import plan
+
+    job_plan = plan(kind, values, lab())
+    if not job_plan.ok:
+        for problem in job_plan.problems:
+            st.error(problem)
+        return None
+    return start_job(job_plan.args, job_plan.names)
+
+
 # -- charts ------------------------------------------------------------------------------------
 def style(fig, height: int = 320, x: str | None = None, y: str | None = None):
     """Consistent plotly layout: compact margins, readable fonts, axis titles."""

@@ -10,7 +10,6 @@ from typing import Any
 import streamlit as st
 
 from app.dashboard import common
-from app.dashboard.job_forms import plan
 
 KINDS = ("langfir", "steer-make", "steer-eval")
 METHOD_HELP = ("langfir: kept features' decoder directions weighted by mean activation; "
@@ -129,9 +128,4 @@ def job_form(kind: str, key: str = "", defaults: dict[str, Any] | None = None) -
         values = FIELDS[kind](form_key, defaults or {})
         submitted = st.form_submit_button(LABELS[kind], type="primary")
     if submitted:
-        job_plan = plan(kind, values, common.lab())
-        if not job_plan.ok:
-            for problem in job_plan.problems:
-                st.error(problem)
-            return
-        common.start_job(job_plan.args, job_plan.names)
+        common.start_planned_job(kind, values)

@@ -110,7 +110,6 @@ def _names(kind: str) -> list[str]:
 
 
 def job_form() -> None:
-    lab = common.lab()
     titles = {k.title: k for k in JOB_KINDS}
     chosen = titles[st.selectbox("Job", list(titles), key="job-kind")]
     st.caption(chosen.summary)
@@ -157,12 +156,7 @@ def job_form() -> None:
             values = analysis_job_fields(chosen.key, key=f"lab-{chosen.key}")
         submitted = st.form_submit_button("Start job", type="primary")
     if submitted:
-        job_plan = plan(chosen.key, values, lab)
-        if not job_plan.ok:
-            for problem in job_plan.problems:
-                st.error(problem)
-            return
-        common.start_job(job_plan.args, job_plan.names)
+        common.start_planned_job(chosen.key, values)
 
 
 @common.page

@@ -196,9 +196,9 @@ def test_dashboard_pages_in_chromium(served, tmp_path):
             page.wait_for_timeout(500)
             page.screenshot(path=str(shots / f"steering-{shot}.png"))
         browser.close()
-    elapsed = time.time() - t0
+    # not a timing test (each wait has its own timeout; `workbench bench dashboard` measures)
+    print(f"browser walk: {time.time() - t0:.0f} s")
     assert not errors, errors
-    assert elapsed < 180, f"the browser walk took {elapsed:.0f} s"
 
 
 def test_moex_page_in_chromium(served_chess, tmp_path):

@@ -306,8 +306,11 @@ def diagonal_dominance(ablation: pd.DataFrame, factor: float = 3.0) -> dict[str,
         others = rows[rows.evaluated != lang].increase
         if own.empty or others.empty:
             continue
-        mean_other = float(others.mean())
-        ratios[lang] = float(own.iloc[0]) / mean_other if mean_other > 1e-9 else float("inf")
+        mean_other, own_increase = float(others.mean()), float(own.iloc[0])
+        if mean_other > 1e-9:
+            ratios[lang] = own_increase / mean_other
+        else:  # the others do not move: dominant only if the own language's CE rises
+            ratios[lang] = float("inf") if own_increase > 1e-9 else 0.0
     passing = [lang for lang, r in ratios.items() if r >= factor]
     return {"ratio": ratios, "passing": passing, "factor": factor,
             "share_passing": len(passing) / len(ratios) if ratios else 0.0}

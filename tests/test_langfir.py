@@ -263,3 +263,20 @@ def test_steer_make_from_a_tensor_file(planted, monkeypatch, capsys, tmp_path):
     code, _out, err = _cli(monkeypatch, capsys, lab, "steer", "make", "short-vec", "--from-file",
                           str(tmp_path / "short.npy"), "--hook", HOOK0, "--model", "planted-lm")
     assert code == 2 and "needs [128]" in err and not lab.exists("short-vec")
+
+
+def test_diagonal_dominance_needs_the_own_language_to_rise():
+    import pandas as pd
+
+    from steering.langfir import diagonal_dominance
+
+    rows = []
+    for ablated, own, other in (("a", 0.30, 0.05), ("b", -0.01, -0.002), ("c", 0.02, 0.0)):
+        for evaluated in "abc":
+            rows.append({"ablated": ablated, "evaluated": evaluated,
+                         "increase": own if evaluated == ablated else other})
+    dom = diagonal_dominance(pd.DataFrame(rows))
+    assert dom["ratio"]["a"] == pytest.approx(6.0)
+    # others falling a little while the own language falls too: not dominant (was inf)
+    assert dom["ratio"]["b"] == 0.0
+    assert dom["passing"] == ["a", "c"]

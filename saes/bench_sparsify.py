@@ -277,20 +277,21 @@ def train_sparsify_live(hf_dir: str | os.PathLike, windows: torch.Tensor, layer:
                         special_ids: list[int], settings: SparsifySettings, workdir: Path,
                         run_name: str = "sparsify-live") -> dict[str, Any]:
     """sparsify's Trainer on the exported model in `hf_dir` over token windows [n, seq_len]
-    (BOS-led), hooked at block `layer`'s output. -> {"sae", "seconds", "tokens", "steps"};
-    seconds covers loading the model, building the dataset, training and saving."""
+    (BOS-led), hooked at block `layer`'s output. -> {"sae", "seconds", "tokens", "steps",
+    "hookpoint"}; seconds covers the Trainer's set-up, training and saving (the model is loaded
+    and the dataset built before, as the other trainers are handed theirs)."""
     import datasets
     from transformers import AutoModel
 
     sparsify = import_sparsify("cpu")
     used = live_windows_for_budget(windows, special_ids, settings)
     cfg = train_config(sparsify, settings, layer, special_ids, workdir, run_name)
-    start = time.perf_counter()
-    with _quiet():
+    with _quiet():  # as the other trainers get theirs: the model and dataset before the clock
         model = AutoModel.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
         dataset = datasets.Dataset.from_dict({"input_ids": used.tolist()}).with_format("torch")
+        start = time.perf_counter()
         hookpoint = _fit(sparsify, cfg, dataset, model)
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
     return {"sae": _load_trained(sparsify, workdir, run_name, hookpoint), "seconds": seconds,
             "tokens": int(text_token_counts(used, special_ids).sum()),
             "steps": used.shape[0] // settings.seqs_per_step, "hookpoint": hookpoint}
@@ -299,8 +300,9 @@ def train_sparsify_live(hf_dir: str | os.PathLike, windows: torch.Tensor, layer:
 def train_sparsify_cache(store: Any, settings: SparsifySettings, workdir: Path,
                          run_name: str = "sparsify-cache") -> dict[str, Any]:
     """sparsify's Trainer over cached activations (an ActivationStore, or a tensor [N, d_in])
-    through `ReplayModel`. -> {"sae", "seconds", "tokens", "steps"}; seconds covers reading the
-    cache into memory, training and saving."""
+    through `ReplayModel`. -> {"sae", "seconds", "tokens", "steps", "hookpoint"}; seconds
+    covers reading the cache into memory (ours and sae-lens read theirs while training), the
+    Trainer's set-up, training and saving."""
     sparsify = import_sparsify("cpu")
     n_rows = store.shape[0] if isinstance(store, torch.Tensor) else store.n_tokens
     starts = replay_starts(n_rows, settings)

@@ -401,8 +401,10 @@ def run_benchmark(lab: Lab, cfg: BenchTrainConfig, echo: Callable[[str], None] =
                                                    work / "sae_lens_cache")
                               if "sae-lens" in cfg.baselines else None)
                 ours_source = acts_name
-                echo(f"[cache] {store.n_tokens} distinct tokens cached (the corpus may hold fewer "
-                     f"than {cfg.tokens}; then every trainer makes several passes)")
+                passes = ("" if store.n_tokens >= cfg.tokens else
+                          f"; the corpus holds fewer than {cfg.tokens}, so every trainer makes "
+                          "several passes")
+                echo(f"[cache] {store.n_tokens} distinct tokens cached{passes}")
             else:
                 ours_source, lens_cache = live_source(lab, model, hook, corpus.name,
                                                       cfg.context_size), None

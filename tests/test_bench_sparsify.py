@@ -64,7 +64,7 @@ def test_missing_sparsify_says_how_to_install(monkeypatch):
 
 def test_settings_refuse_a_batch_that_is_not_whole_sequences():
     with pytest.raises(InvalidInputError, match="multiple of the context size 128"):
-        SparsifySettings(batch_tokens=1000, seq_len=128).seqs_per_step
+        _ = SparsifySettings(batch_tokens=1000, seq_len=128).seqs_per_step
 
 
 def test_replay_order_covers_the_budget_in_whole_sequences():
@@ -92,7 +92,7 @@ def test_live_and_cache_runs_train_on_our_activations(sparsify, setup, tmp_path)
     the budget's steps and give SAEs whose dense encode/decode is sparsify's own forward."""
     from workbench.models.export_hf import export_hf
 
-    lab, corpus, model = setup
+    _, corpus, model = setup
     hook, layer = "blocks.1.hook_resid_post", 1
     export_hf(model, model.tokenizer, tmp_path / "hf")
     windows = token_windows(model, corpus, 12_000, 64)

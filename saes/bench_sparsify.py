@@ -262,15 +262,21 @@ def text_token_counts(windows: torch.Tensor, special_ids: list[int]) -> torch.Te
 
 def live_windows_for_budget(windows: torch.Tensor, special_ids: list[int],
                             settings: SparsifySettings) -> torch.Tensor:
-    """The first whole batches of windows [n, seq_len] whose text tokens reach the budget (all
-    whole batches when the windows hold fewer)."""
+    """The first whole batches of windows [n, seq_len] whose text tokens reach the budget. When
+    the windows hold fewer text tokens than that (a small corpus), they are passed over again,
+    each further pass in a new seeded order, as the other trainers make several passes."""
     per_step = settings.seqs_per_step
-    text = text_token_counts(windows, special_ids).cumsum(0)
-    reached = int(torch.searchsorted(text, torch.tensor(settings.tokens))) + 1
-    n = min(-(-reached // per_step) * per_step, windows.shape[0] // per_step * per_step)
-    if n == 0:
+    if windows.shape[0] < per_step:
         raise InvalidInputError(f"fewer than one batch of windows ({per_step}) to train on")
-    return windows[:n]
+    per_pass = int(text_token_counts(windows, special_ids).sum())
+    generator = torch.Generator().manual_seed(settings.seed)
+    passes = [windows] + [windows[torch.randperm(windows.shape[0], generator=generator)]
+                          for _ in range(-(-settings.tokens // max(1, per_pass)) - 1)]
+    stream = torch.cat(passes)
+    text = text_token_counts(stream, special_ids).cumsum(0)
+    reached = int(torch.searchsorted(text, torch.tensor(settings.tokens))) + 1
+    n = min(-(-reached // per_step) * per_step, stream.shape[0] // per_step * per_step)
+    return stream[:n]
 
 
 def train_sparsify_live(hf_dir: str | os.PathLike, windows: torch.Tensor, layer: int,

@@ -389,7 +389,7 @@ def run_benchmark(lab: Lab, cfg: BenchTrainConfig, echo: Callable[[str], None] =
             hf_dir = work / "hf"
             export_hf(model, model.tokenizer, hf_dir)
         for mode in cfg.modes:
-            trainers: list[tuple[str, str, Callable[[], dict[str, Any]]]] = []
+            trainers: list[tuple[str, float, Callable[[], dict[str, Any]]]] = []
             if mode == "cache":
                 echo("caching activations (shared by all trainers) ...")
                 acts_name = "bench-sae-train-acts"
@@ -421,12 +421,12 @@ def run_benchmark(lab: Lab, cfg: BenchTrainConfig, echo: Callable[[str], None] =
                     del hf_base
                 echo("[live] LM forward alone: " + ", ".join(
                     f"{name} {rate:.0f} tok/s" for name, rate in forward.items()))
-            trainers.append(("ours", f"{our_lr:.2g}", partial(
+            trainers.append(("ours", our_lr, partial(
                 run_ours, lab, cfg, ours_source, f"bench-sae-train-ours-{mode}")))
             if "sae-lens" in cfg.baselines:
                 for which in cfg.sae_lens_lrs:
                     label = "sae-lens" if which == "default" else "sae-lens@our-lr"
-                    trainers.append((label, f"{lens_lrs[which]:.2g}", partial(
+                    trainers.append((label, lens_lrs[which], partial(
                         run_sae_lens, cfg, model, hook, d_in, windows, lens_cache, work,
                         lens_lrs[which])))
             if "sparsify" in cfg.baselines:
@@ -436,12 +436,12 @@ def run_benchmark(lab: Lab, cfg: BenchTrainConfig, echo: Callable[[str], None] =
                 run = (partial(train_sparsify_cache, store, settings, work) if mode == "cache"
                        else partial(train_sparsify_live, hf_dir, windows, layer, special,
                                     settings, work))
-                trainers.append(("sparsify", f"{settings.default_lr():.2g}", run))
+                trainers.append(("sparsify", settings.default_lr(), run))
             timings.append(measure_matmul(cfg.batch_size, d_in, cfg.latents))
-            for label, lr_text, train in trainers:
+            for label, lr, train in trainers:
                 echo(f"[{mode}] training with {label} ...")
                 result = train()
-                runs.append({"mode": mode, "trainer": label, "lr": lr_text,
+                runs.append({"mode": mode, "trainer": label, "lr": lr,
                              "tokens": result["tokens"], "seconds": result["seconds"],
                              "tokens_per_s": result["tokens"] / result["seconds"],
                              **evaluate(result["sae"], heldout)})
@@ -459,9 +459,7 @@ def run_benchmark(lab: Lab, cfg: BenchTrainConfig, echo: Callable[[str], None] =
         "d_in": d_in,
         "threads": torch.get_num_threads(),
         "versions": versions,
-        "lr": {"ours": our_lr, "sae-lens": lens_lrs["default"], "sae-lens@our-lr": our_lr,
-               **({"sparsify": sparsify_settings(cfg, d_in).default_lr()}
-                  if "sparsify" in cfg.baselines else {})},
+        "lr": {r["trainer"]: float(r["lr"]) for r in runs},
         **machine,
         "matmul_ms_measurements": [round(m["matmul_ms"], 2) for m in timings],
         "encoder_bound_tokens_per_s": bound,
@@ -516,7 +514,7 @@ def format_report(report: dict[str, Any]) -> str:
         "versions: " + ", ".join(f"{k} {v}" if k != "sparsify" else v
                                  for k, v in report.get("versions", {}).items()),
         ("learning rates: " + ", ".join(f"{name} {value:.2g}" for name, value in lr.items())
-         + " (ours, sae-lens and sparsify at their defaults; sae-lens@our-lr at ours)"),
+         + " (each trainer's default; sae-lens@our-lr at ours)"),
         (f"dense matmul [{report['config']['batch_size']} x {report['d_in']}] @ "
          f"[{report['d_in']} x {report['config']['latents']}]: {report['matmul_ms']:.1f} ms = "
          f"{report['matmul_gflops']:.1f} GFLOP/s (best of {report['matmul_ms_measurements']} ms)"),
@@ -526,7 +524,7 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for r in report["runs"]:
         mark = "*" if r["mode"] == "cache" and r["trainer"] == "sparsify" else ""
-        lines.append(f"{r['mode']:6} {r['trainer'] + mark:16} {r['lr']:>7} {r['tokens']:>9} "
+        lines.append(f"{r['mode']:6} {r['trainer'] + mark:16} {r['lr']:>7.2g} {r['tokens']:>9} "
                      f"{r['seconds']:>9.1f} {r['tokens_per_s']:>10.0f} {r['nmse']:>8.4f} "
                      f"{r['l0']:>6.1f} {r['dead_fraction']:>6.3f}")
     if any(r["mode"] == "cache" and r["trainer"] == "sparsify" for r in report["runs"]):

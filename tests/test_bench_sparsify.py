@@ -164,3 +164,26 @@ def test_benchmark_refuses_bad_baselines(setup):
         run_benchmark(lab, BenchTrainConfig(baselines=("sparsify",), batch_size=1000))
     with pytest.raises(InvalidInputError, match="--sae-lens-lr"):
         run_benchmark(lab, BenchTrainConfig(sae_lens_lrs=("fast",)))
+
+
+def test_live_windows_reach_the_budget_in_whole_batches_and_repeat_a_short_corpus():
+    from saes.bench_sparsify import live_windows_for_budget
+
+    bos, eos = 0, 9
+    windows = torch.full((10, 8), 5)
+    windows[:, 0] = bos
+    windows[:, 1] = 10 + torch.arange(10)  # tells the windows apart
+    windows[::2, 4] = eos  # 6 text tokens in even windows, 7 in odd ones: 65 per pass
+    special = [bos, eos]
+    # 2 windows a step; 6 windows hold 39 text tokens, 7 hold 45: 7 needed, 8 in whole steps
+    used = live_windows_for_budget(windows, special, SparsifySettings(
+        batch_tokens=16, tokens=40, seq_len=8))
+    torch.testing.assert_close(used, windows[:8])
+    # 150 tokens: two passes (130) and part of a third, each further pass reordered
+    long = live_windows_for_budget(windows, special, SparsifySettings(
+        batch_tokens=16, tokens=150, seq_len=8))
+    assert long.shape[0] == 24
+    assert 150 <= int((~torch.isin(long, torch.tensor(special))).sum()) < 150 + 14
+    torch.testing.assert_close(long[:10], windows)
+    second = long[10:20, 1].tolist()
+    assert sorted(second) == list(range(10, 20)) and second != list(range(10, 20))

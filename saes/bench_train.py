@@ -514,7 +514,8 @@ def format_report(report: dict[str, Any]) -> str:
         "versions: " + ", ".join(f"{k} {v}" if k != "sparsify" else v
                                  for k, v in report.get("versions", {}).items()),
         ("learning rates: " + ", ".join(f"{name} {value:.2g}" for name, value in lr.items())
-         + " (each trainer's default; sae-lens@our-lr at ours)"),
+         + " (each trainer's default" + ("; sae-lens@our-lr at ours)" if "sae-lens@our-lr" in lr
+                                          else ")")),
         (f"dense matmul [{report['config']['batch_size']} x {report['d_in']}] @ "
          f"[{report['d_in']} x {report['config']['latents']}]: {report['matmul_ms']:.1f} ms = "
          f"{report['matmul_gflops']:.1f} GFLOP/s (best of {report['matmul_ms_measurements']} ms)"),

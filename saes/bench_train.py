@@ -1,19 +1,32 @@
-"""`workbench bench sae-train --vs sae-lens`: our SAE trainer against sae-lens's, same SAE, same data.
+"""`workbench bench sae-train --vs sae-lens,sparsify`: our SAE trainer against sae-lens's and
+EleutherAI sparsify's, same SAE, same data.
 
 The SAE: TopK, d_in = the model's width at the hook (256 for the `small` preset), 4096 latents,
-k = 32, batch 4096, same warm-up/decay schedule, same token budget. Each trainer uses its own
-default learning rate (ours: `SAETrainConfig` default, 2e-3 for 4096 latents; sae-lens: its
-default 3e-4, which its 0.1-norm decoder init and decoder-norm rescaling turn into a larger
-effective rate), because one number means different step sizes in the two parametrizations.
+k = 32, batch 4096, AuxK on, same token budget. Rows:
+
+- ours: `train_saes` with its defaults (Adam, lr `SAETrainConfig` default: 2e-3 at 4096 latents,
+  linear warm-up and decay);
+- sae-lens: its `LanguageModelSAETrainingRunner` on our warm-up/decay schedule, at its default
+  lr (3e-4, which its 0.1-norm decoder init and decoder-norm rescaling turn into a larger
+  effective rate) and, as the fair row "sae-lens@our-lr", at our lr (at its default a 2M-token run
+  can end with most latents dead, so its NMSE alone would flatter us);
+- sparsify: its own `Trainer.fit` with its own recipe (signSGD, schedule-free, lr 5e-3 /
+  sqrt(latents / 2^14), FVU loss, fused encoder, eager `embedding_bag` decoder on CPU through
+  SPARSIFY_DISABLE_TRITON=1), AuxK at our alpha and dead window (`bench_sparsify.py`).
+
 Two modes, run in one go:
 
-- cache: both train from the same cached activations (ours: the lab's activation shards;
+- cache: every trainer reads the same cached activations (ours: the lab's activation shards;
   sae-lens: the same rows written in its cached-activations format, a Hugging Face dataset with
-  one [context_size, d_in] array per row, read by its ActivationsStore);
-- live: both run the same model over the same token windows of the corpus (sae-lens: its
-  ActivationsStore over the pre-tokenized windows; ours: `live_source`).
+  one [context_size, d_in] array per row, read by its ActivationsStore; sparsify, which has no
+  cache mode: its Trainer over `ReplayModel`, a harness of ours whose hooked layer returns the
+  cached rows);
+- live: every trainer runs the same model over the same token windows of the corpus (sae-lens:
+  its ActivationsStore over the pre-tokenized windows; ours: `live_source`; sparsify: the lab LM
+  exported to transformers with `export_hf`, hooked at the same block's output, BOS/EOS
+  excluded).
 
-Both SAEs are evaluated the same way on the same held-out activations (validation split):
+All SAEs are evaluated the same way on the same held-out activations (validation split):
 NMSE = mean over tokens of ||x - x_hat||^2 / ||x||^2, dead fraction = share of latents that
 never fire on those tokens, L0. Throughput = training tokens / wall-clock seconds of the whole
 training call (data, model forward, optimizer, saving).
@@ -24,6 +37,13 @@ busy moment cannot flatter the share below). Encoder-matmul bound: the tokens/s 
 nothing but the three dense matmuls of a linear encoder layer (forward, grad of the input,
 grad of the weights), i.e. batch / (3 * t_matmul); we report the share of it our trainer reaches
 in cache mode (our step runs one dense matmul; the backward touches only the k selected latents).
+
+Live-mode ceiling: the LM forward alone, in text tokens/s over the same windows (our forward up
+to the hooked block, which ours and sae-lens run; the exported transformers model's full forward,
+which sparsify runs because its hook cannot stop the model), and per trainer the pipeline bound
+1 / (1 / forward + 1 / cache-mode rate): the live rate of a trainer that ran its forward and its
+cache-mode step one after the other with no other cost. The share of it each trainer reaches is
+reported (above 1 when the forward overlaps the step, as our prefetching thread lets it).
 """
 
 from __future__ import annotations
@@ -35,6 +55,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +78,23 @@ class BenchTrainConfig:
     context_size: int = 128
     threads: int | None = None
     seed: int = 0
-    sae_lens_lr: float = 3e-4  # sae-lens's LanguageModelSAERunnerConfig default
+    baselines: tuple[str, ...] = ("sae-lens",)
+    sae_lens_lrs: tuple[str, ...] = ("default", "ours")  # sae-lens's default lr, and ours
+    forward_tokens: int = 262_144  # tokens of the live-mode ceiling's forward measurement
+
+
+BASELINES = ("sae-lens", "sparsify")
+SAE_LENS_LRS = ("default", "ours")
+
+
+def sae_lens_default_lr() -> float:
+    """The `lr` default of sae-lens's LanguageModelSAERunnerConfig (3e-4 in sae-lens 6)."""
+    import dataclasses
+
+    from sae_lens import LanguageModelSAERunnerConfig
+
+    return next(f.default for f in dataclasses.fields(LanguageModelSAERunnerConfig)
+                if f.name == "lr")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,6 +174,29 @@ def token_windows(model, corpus, n_tokens: int, context_size: int) -> torch.Tens
     return torch.cat(rows)
 
 
+def special_token_ids(tokenizer) -> list[int]:
+    """BOS and EOS ids: the positions every trainer leaves out of training."""
+    return sorted({int(i) for i in (tokenizer.bos_token_id, tokenizer.eos_token_id)
+                   if i is not None})
+
+
+@torch.no_grad()
+def forward_rate(forward: Callable[[torch.Tensor], Any], windows: torch.Tensor,
+                 special_ids: list[int], batch_windows: int, max_tokens: int) -> float:
+    """Text tokens/s of `forward(batch [b, ctx])` over the first windows [n, ctx] covering
+    max_tokens, batch_windows windows per call (one call first as a warm-up)."""
+    from saes.bench_sparsify import text_token_counts
+
+    n = min(windows.shape[0], max(batch_windows, -(-max_tokens // windows.shape[1])))
+    used = windows[:n]
+    forward(used[:batch_windows])
+    start = time.perf_counter()
+    for i in range(0, n, batch_windows):
+        forward(used[i:i + batch_windows])
+    seconds = time.perf_counter() - start
+    return float(text_token_counts(used, special_ids).sum()) / seconds
+
+
 def write_sae_lens_cache(store, hook: str, context_size: int, folder: Path) -> Path:
     """The activations of `store` in sae-lens's cached-activations format (HF dataset, one
     [context_size, d_in] float32 array per row), written shard by shard."""
@@ -189,8 +249,9 @@ def run_ours(lab: Lab, cfg: BenchTrainConfig, source: Any, name: str) -> dict[st
 
 
 def run_sae_lens(cfg: BenchTrainConfig, model, hook: str, d_in: int, windows: torch.Tensor,
-                 cached_path: Path | None, workdir: Path) -> dict[str, Any]:
-    """sae-lens's own trainer (LanguageModelSAETrainingRunner) on the same data and schedule."""
+                 cached_path: Path | None, workdir: Path, lr: float) -> dict[str, Any]:
+    """sae-lens's own trainer (LanguageModelSAETrainingRunner) on the same data and schedule,
+    at learning rate `lr`."""
     import datasets
     from sae_lens import (
         SAE,
@@ -214,7 +275,7 @@ def run_sae_lens(cfg: BenchTrainConfig, model, hook: str, d_in: int, windows: to
         cached_activations_path=str(cached_path) if cached_path else None,
         training_tokens=steps * cfg.batch_size, train_batch_size_tokens=cfg.batch_size,
         store_batch_size_prompts=32, n_batches_in_buffer=64,
-        lr=cfg.sae_lens_lr, lr_warm_up_steps=max(1, int(ours.warmup_tokens) // cfg.batch_size),
+        lr=lr, lr_warm_up_steps=max(1, int(ours.warmup_tokens) // cfg.batch_size),
         lr_decay_steps=round(ours.decay_fraction * steps),
         dead_feature_window=max(1, int(ours.dead_window_tokens) // cfg.batch_size),
         feature_sampling_window=max(1, int(ours.dead_window_tokens) // cfg.batch_size),
@@ -256,20 +317,61 @@ def evaluate(sae, x: torch.Tensor, chunk: int = 8192) -> dict[str, float]:
     return {"nmse": nmse_sum / n, "l0": l0_sum / n, "dead_fraction": float((~fired).float().mean())}
 
 
-def run_benchmark(lab: Lab, cfg: BenchTrainConfig, echo: Callable[[str], None] = print
-                  ) -> dict[str, Any]:
-    """Run both trainers in every mode; returns the report (see format_report)."""
-    from saes.training import live_source
-    from workbench.activations import cache_activations, collect_activations
+def sparsify_settings(cfg: BenchTrainConfig, d_in: int):
+    """The benchmark's SAE in sparsify's terms: AuxK at our alpha and dead window."""
+    from saes.bench_sparsify import SparsifySettings
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    ours = our_train_config(cfg).resolved(d_in)
+    return SparsifySettings(latents=cfg.latents, k=cfg.k, batch_tokens=cfg.batch_size,
+                            tokens=cfg.tokens, seq_len=cfg.context_size, seed=cfg.seed,
+                            auxk_alpha=float(ours.aux_alpha),
+                            dead_tokens=int(ours.dead_window_tokens))
+
+
+def _check(cfg: BenchTrainConfig) -> None:
     if cfg.tokens < cfg.batch_size:
         raise InvalidInputError(f"--tokens must be at least one batch ({cfg.batch_size})")
+    if not cfg.baselines or set(cfg.baselines) - set(BASELINES):
+        raise InvalidInputError(f"--vs {','.join(cfg.baselines)!r}: use sae-lens, sparsify or "
+                                "sae-lens,sparsify")
+    if "sae-lens" in cfg.baselines and (not cfg.sae_lens_lrs
+                                        or set(cfg.sae_lens_lrs) - set(SAE_LENS_LRS)):
+        raise InvalidInputError(f"--sae-lens-lr {','.join(cfg.sae_lens_lrs)!r}: use default, "
+                                "ours or default,ours")
+    if "sparsify" in cfg.baselines and cfg.batch_size % cfg.context_size:
+        raise InvalidInputError(
+            f"sparsify's batch counts sequences of {cfg.context_size} tokens: use a --batch-size "
+            f"that is a multiple of {cfg.context_size}")
+
+
+def run_benchmark(lab: Lab, cfg: BenchTrainConfig, echo: Callable[[str], None] = print
+                  ) -> dict[str, Any]:
+    """Run our trainer and each baseline in every mode; returns the report (see format_report)."""
+    from saes.training import live_source
+    from workbench.activations import cache_activations, collect_activations
+    from workbench.activations.extract import hook_activations
+    from workbench.activations.windows import default_model_batch_size
+
+    _check(cfg)
+    versions = {"torch": torch.__version__}
+    if "sparsify" in cfg.baselines:  # fail before any work when it is missing
+        from saes.bench_sparsify import describe_sparsify
+
+        versions["sparsify"] = describe_sparsify("cpu")
+    if "sae-lens" in cfg.baselines:
+        import sae_lens
+
+        versions["sae-lens"] = sae_lens.__version__
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     model, model_desc = pick_model(lab, cfg.model)
     corpus = pick_corpus(lab, cfg.corpus)
-    hook = f"blocks.{max(0, model.cfg.n_layers // 2 - 1)}.hook_resid_post"
+    layer = max(0, model.cfg.n_layers // 2 - 1)
+    hook = f"blocks.{layer}.hook_resid_post"
     d_in = int(model.cfg.d_model)
+    special = special_token_ids(model.tokenizer)
+    our_lr = float(our_train_config(cfg).resolved(d_in).lr)
+    lens_lrs = {"default": sae_lens_default_lr(), "ours": our_lr}
     echo(f"model: {model_desc}; hook {hook}; corpus {corpus.name!r}; d_in {d_in}")
     timings = [measure_matmul(cfg.batch_size, d_in, cfg.latents)]
     heldout = collect_activations(model, hook, corpus, cfg.eval_tokens, split="validation",
@@ -278,47 +380,86 @@ def run_benchmark(lab: Lab, cfg: BenchTrainConfig, echo: Callable[[str], None] =
                             cfg.context_size)
     work = Path(tempfile.mkdtemp(prefix="bench-sae-train-"))
     runs: list[dict[str, Any]] = []
+    forward: dict[str, float] = {}
     try:
+        hf_dir = None
+        if "sparsify" in cfg.baselines:
+            from workbench.models.export_hf import export_hf
+
+            hf_dir = work / "hf"
+            export_hf(model, model.tokenizer, hf_dir)
         for mode in cfg.modes:
+            trainers: list[tuple[str, float, Callable[[], dict[str, Any]]]] = []
             if mode == "cache":
-                echo("caching activations (shared by both trainers) ...")
+                echo("caching activations (shared by all trainers) ...")
                 acts_name = "bench-sae-train-acts"
                 store = cache_activations(lab, acts_name, model, hook, corpus,
                                           cfg.tokens + 8 * cfg.batch_size,
                                           context_size=cfg.context_size, overwrite=True,
                                           progress=False)
-                cached = write_sae_lens_cache(store, hook, cfg.context_size, work / "sae_lens_cache")
-                ours_source, lens_cache = acts_name, cached
-                echo(f"[cache] {store.n_tokens} distinct tokens cached (the corpus may hold fewer "
-                     f"than {cfg.tokens}; then both trainers make several passes)")
+                lens_cache = (write_sae_lens_cache(store, hook, cfg.context_size,
+                                                   work / "sae_lens_cache")
+                              if "sae-lens" in cfg.baselines else None)
+                ours_source = acts_name
+                passes = ("" if store.n_tokens >= cfg.tokens else
+                          f"; the corpus holds fewer than {cfg.tokens}, so every trainer makes "
+                          "several passes")
+                echo(f"[cache] {store.n_tokens} distinct tokens cached{passes}")
             else:
                 ours_source, lens_cache = live_source(lab, model, hook, corpus.name,
                                                       cfg.context_size), None
+                forward["ours_to_hook"] = forward_rate(
+                    lambda b: hook_activations(model, b, hook), windows, special,
+                    default_model_batch_size(cfg.context_size, "cpu"), cfg.forward_tokens)
+                if hf_dir is not None:
+                    from transformers import AutoModel
+
+                    hf_base = AutoModel.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+                    forward["hf_all_layers"] = forward_rate(
+                        hf_base, windows, special, cfg.batch_size // cfg.context_size,
+                        cfg.forward_tokens)
+                    del hf_base
+                echo("[live] LM forward alone: " + ", ".join(
+                    f"{name} {rate:.0f} tok/s" for name, rate in forward.items()))
+            trainers.append(("ours", our_lr, partial(
+                run_ours, lab, cfg, ours_source, f"bench-sae-train-ours-{mode}")))
+            if "sae-lens" in cfg.baselines:
+                for which in cfg.sae_lens_lrs:
+                    label = "sae-lens" if which == "default" else "sae-lens@our-lr"
+                    trainers.append((label, lens_lrs[which], partial(
+                        run_sae_lens, cfg, model, hook, d_in, windows, lens_cache, work,
+                        lens_lrs[which])))
+            if "sparsify" in cfg.baselines:
+                from saes.bench_sparsify import train_sparsify_cache, train_sparsify_live
+
+                settings = sparsify_settings(cfg, d_in)
+                run = (partial(train_sparsify_cache, store, settings, work) if mode == "cache"
+                       else partial(train_sparsify_live, hf_dir, windows, layer, special,
+                                    settings, work))
+                trainers.append(("sparsify", settings.default_lr(), run))
             timings.append(measure_matmul(cfg.batch_size, d_in, cfg.latents))
-            echo(f"[{mode}] training with our trainer ...")
-            ours = run_ours(lab, cfg, ours_source, f"bench-sae-train-ours-{mode}")
-            echo(f"[{mode}] training with sae-lens ...")
-            lens = run_sae_lens(cfg, model, hook, d_in, windows, lens_cache, work)
-            for trainer, result in (("ours", ours), ("sae-lens", lens)):
-                runs.append({"mode": mode, "trainer": trainer, "tokens": result["tokens"],
-                             "seconds": result["seconds"],
+            for label, lr, train in trainers:
+                echo(f"[{mode}] training with {label} ...")
+                result = train()
+                runs.append({"mode": mode, "trainer": label, "lr": lr,
+                             "tokens": result["tokens"], "seconds": result["seconds"],
                              "tokens_per_s": result["tokens"] / result["seconds"],
                              **evaluate(result["sae"], heldout)})
-            echo(f"[{mode}] ours {runs[-2]['tokens_per_s']:.0f} tok/s, sae-lens "
-                 f"{runs[-1]['tokens_per_s']:.0f} tok/s")
+                echo(f"[{mode}] {label}: {runs[-1]['tokens_per_s']:.0f} tok/s, NMSE "
+                     f"{runs[-1]['nmse']:.4f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     machine = min(timings, key=lambda m: m["matmul_ms"])  # the least disturbed measurement
     bound = cfg.batch_size / (3 * machine["matmul_ms"] / 1e3)
-    ours_cache = next((r for r in runs if r["mode"] == "cache" and r["trainer"] == "ours"), None)
+    ours_cache = _rate(runs, "cache", "ours")
     return {
         "config": asdict(cfg),
         "model": model_desc,
         "hook": hook,
         "d_in": d_in,
         "threads": torch.get_num_threads(),
-        "lr": {"ours": float(our_train_config(cfg).resolved(d_in).lr),
-               "sae-lens": cfg.sae_lens_lr},
+        "versions": versions,
+        "lr": {r["trainer"]: float(r["lr"]) for r in runs},
         **machine,
         "matmul_ms_measurements": [round(m["matmul_ms"], 2) for m in timings],
         "encoder_bound_tokens_per_s": bound,
@@ -326,40 +467,86 @@ def run_benchmark(lab: Lab, cfg: BenchTrainConfig, echo: Callable[[str], None] =
             f"batch / (3 x t_mm), t_mm = time of one dense [{cfg.batch_size} x {d_in}] @ "
             f"[{d_in} x {cfg.latents}] float32 matmul: the tokens/s of a step whose only cost "
             "is a dense encoder's forward, input-grad and weight-grad matmuls"),
-        "ours_share_of_bound": (ours_cache["tokens_per_s"] / bound) if ours_cache else None,
+        "ours_share_of_bound": (ours_cache / bound) if ours_cache else None,
         "runs": runs,
-        "speedup": {mode: _ratio(runs, mode) for mode in cfg.modes},
+        "speedup": {mode: _ratios(runs, mode) for mode in cfg.modes},
+        "live_ceiling": _live_ceiling(runs, forward) if "live" in cfg.modes else None,
     }
 
 
-def _ratio(runs: list[dict[str, Any]], mode: str) -> float:
-    by = {r["trainer"]: r["tokens_per_s"] for r in runs if r["mode"] == mode}
-    return by["ours"] / by["sae-lens"]
+def _rate(runs: list[dict[str, Any]], mode: str, trainer: str) -> float | None:
+    return next((r["tokens_per_s"] for r in runs
+                 if r["mode"] == mode and r["trainer"] == trainer), None)
+
+
+def _ratios(runs: list[dict[str, Any]], mode: str) -> dict[str, float]:
+    """ours / baseline tokens/s per baseline row of `mode`."""
+    ours = _rate(runs, mode, "ours")
+    return {r["trainer"]: ours / r["tokens_per_s"] for r in runs
+            if r["mode"] == mode and r["trainer"] != "ours"}
+
+
+def _live_ceiling(runs: list[dict[str, Any]], forward: dict[str, float]) -> dict[str, Any]:
+    """The LM forward alone and, per trainer with a cache and a live row, the pipeline bound
+    1 / (1 / forward + 1 / cache rate) and the share of it its live rate reaches."""
+    pipeline = {}
+    for r in runs:
+        if r["mode"] != "live":
+            continue
+        fwd = forward.get("hf_all_layers" if r["trainer"] == "sparsify" else "ours_to_hook")
+        cache = _rate(runs, "cache", r["trainer"])
+        if fwd and cache:
+            limit = 1 / (1 / fwd + 1 / cache)
+            pipeline[r["trainer"]] = {"bound_tokens_per_s": limit,
+                                      "share": r["tokens_per_s"] / limit}
+    return {"forward_tokens_per_s": forward, "pipeline": pipeline}
+
+
+FORWARD_NAMES = {"ours_to_hook": "our forward up to the hooked block (ours, sae-lens)",
+                 "hf_all_layers": "transformers forward, all blocks (sparsify)"}
 
 
 def format_report(report: dict[str, Any]) -> str:
+    lr = report["lr"]
     lines = [
         (f"model: {report['model']}, hook {report['hook']}, d_in {report['d_in']}, "
          f"threads {report['threads']}"),
-        (f"learning rates: ours {report['lr']['ours']:.2g}, sae-lens {report['lr']['sae-lens']:.2g} "
-         "(each trainer's default)"),
+        "versions: " + ", ".join(f"{k} {v}" if k != "sparsify" else v
+                                 for k, v in report.get("versions", {}).items()),
+        ("learning rates: " + ", ".join(f"{name} {value:.2g}" for name, value in lr.items())
+         + " (each trainer's default" + ("; sae-lens@our-lr at ours)" if "sae-lens@our-lr" in lr
+                                          else ")")),
         (f"dense matmul [{report['config']['batch_size']} x {report['d_in']}] @ "
          f"[{report['d_in']} x {report['config']['latents']}]: {report['matmul_ms']:.1f} ms = "
          f"{report['matmul_gflops']:.1f} GFLOP/s (best of {report['matmul_ms_measurements']} ms)"),
         "",
-        (f"{'mode':6} {'trainer':9} {'tokens':>9} {'seconds':>9} {'tokens/s':>10} {'NMSE':>8} "
-         f"{'L0':>6} {'dead':>6}"),
+        (f"{'mode':6} {'trainer':16} {'lr':>7} {'tokens':>9} {'seconds':>9} {'tokens/s':>10} "
+         f"{'NMSE':>8} {'L0':>6} {'dead':>6}"),
     ]
     for r in report["runs"]:
-        lines.append(f"{r['mode']:6} {r['trainer']:9} {r['tokens']:>9} {r['seconds']:>9.1f} "
-                     f"{r['tokens_per_s']:>10.0f} {r['nmse']:>8.4f} {r['l0']:>6.1f} "
-                     f"{r['dead_fraction']:>6.3f}")
+        mark = "*" if r["mode"] == "cache" and r["trainer"] == "sparsify" else ""
+        lines.append(f"{r['mode']:6} {r['trainer'] + mark:16} {r['lr']:>7.2g} {r['tokens']:>9} "
+                     f"{r['seconds']:>9.1f} {r['tokens_per_s']:>10.0f} {r['nmse']:>8.4f} "
+                     f"{r['l0']:>6.1f} {r['dead_fraction']:>6.3f}")
+    if any(r["mode"] == "cache" and r["trainer"] == "sparsify" for r in report["runs"]):
+        lines.append("* sparsify has no cache mode: its own Trainer ran over a harness of ours "
+                     "(ReplayModel, whose hooked layer returns the cached rows)")
     lines.append("")
-    for mode, ratio in report["speedup"].items():
-        lines.append(f"speedup ({mode}): ours / sae-lens = {ratio:.2f}x")
+    for mode, ratios in report["speedup"].items():
+        for baseline, ratio in ratios.items():
+            lines.append(f"speedup ({mode}): ours / {baseline} = {ratio:.2f}x")
     lines.append(f"encoder-matmul bound: {report['encoder_bound_tokens_per_s']:.0f} tokens/s "
                  f"({report['bound_definition']})")
     if report["ours_share_of_bound"] is not None:
         lines.append(f"our trainer (cache mode) reaches {100 * report['ours_share_of_bound']:.0f}% "
                      "of that bound")
+    ceiling = report.get("live_ceiling")
+    if ceiling:
+        for name, rate in ceiling["forward_tokens_per_s"].items():
+            lines.append(f"live ceiling: LM forward alone, {FORWARD_NAMES.get(name, name)}: "
+                         f"{rate:.0f} tokens/s")
+        for trainer, p in ceiling["pipeline"].items():
+            lines.append(f"live pipeline bound for {trainer} (1 / (1/forward + 1/its cache "
+                         f"rate)): {p['bound_tokens_per_s']:.0f} tokens/s; its live rate is "
+                         f"{100 * p['share']:.0f}% of it")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """`workbench bench ...`: benchmarks.
 
-    workbench bench sae-train --vs sae-lens [--tokens 2000000]   our SAE trainer vs sae-lens'
+    workbench bench sae-train --vs sae-lens,sparsify [--tokens 2000000]   our SAE trainer vs
+                                                  sae-lens' and EleutherAI sparsify's
     workbench bench kernels                                       sparse_ops kernels (bench_kernels.py)
     workbench bench sae-quality ...                               SAE quality (bench_quality_cmds.py)
 """
@@ -21,11 +22,15 @@ bench_app = typer.Typer(help="Benchmarks: SAE training speed, kernels, SAE quali
 
 @bench_app.command("sae-train")
 def sae_train(
-    vs: str = typer.Option("sae-lens", "--vs", help="Baseline trainer (sae-lens)."),
+    vs: str = typer.Option("sae-lens", "--vs",
+                           help="Baseline trainers: sae-lens, sparsify or sae-lens,sparsify "
+                                "(sparsify needs the bench extra: pip install -e '.[bench]')."),
+    sae_lens_lr: str = typer.Option("default,ours", "--sae-lens-lr",
+                                    help="sae-lens rows: at its default lr, at ours, or both."),
     tokens: int = typer.Option(2_000_000, "--tokens", help="Training tokens per run."),
     modes: str = typer.Option("cache,live", "--modes",
-                              help="cache (both from the same activation cache), live (both from "
-                                   "the same live model), or both."),
+                              help="cache (every trainer from the same activation cache), live "
+                                   "(every trainer from the same live model), or cache,live."),
     model: str = typer.Option(None, "--model",
                               help="Lab model (default: one with d_model 256, else a random one)."),
     corpus: str = typer.Option(None, "--corpus", help="Corpus (default: the lab's first)."),
@@ -36,23 +41,27 @@ def sae_train(
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
-    """Train the same TopK SAE with our trainer and with sae-lens's, on the same activations."""
+    """Train the same TopK SAE with our trainer and with sae-lens's and/or sparsify's, on the
+    same activations."""
     passive_openmp()
     from saes.bench_train import BenchTrainConfig, format_report, run_benchmark
 
-    if vs != "sae-lens":
-        raise InvalidInputError(f"--vs {vs!r}: the only baseline is sae-lens")
-    chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    chosen = _items(modes)
     if not chosen or set(chosen) - {"cache", "live"}:
         raise InvalidInputError(f"--modes {modes!r}: use cache, live or cache,live")
     cfg = BenchTrainConfig(tokens=tokens, modes=tuple(chosen), model=model, corpus=corpus,
                            latents=latents, k=k, batch_size=batch_size, eval_tokens=eval_tokens,
-                           threads=threads)
+                           threads=threads, baselines=_items(vs), sae_lens_lrs=_items(sae_lens_lr))
     report = run_benchmark(get_lab(), cfg, echo=typer.echo)
     if as_json:
         echo_json(report)
     else:
         typer.echo(format_report(report))
+
+
+def _items(text: str) -> tuple[str, ...]:
+    """'a, b' -> ('a', 'b')."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 for _module in ("bench_kernels", "bench_quality_cmds", "bench_dashboard_cmds"):  # join `bench`

@@ -521,10 +521,33 @@ typedef struct {
 #define SCORE_BINS (1 << (31 - SCORE_BIN_SHIFT))
 
 #define SCORE_BANKS 4
+#define SCORE_WINDOW 64 /* bins kept apart below the top score's: a factor 2^16 in score */
 
 typedef struct {
-    float sum[SCORE_BINS * SCORE_BANKS]; /* bin b, bank q at b * SCORE_BANKS + q */
+    float sum[(SCORE_WINDOW + 1) * SCORE_BANKS]; /* slot b, bank q at b * SCORE_BANKS + q */
 } score_bins;
+
+/* The collected scores as keys in front[0:c->n], sorted descending: first bucketed by slot
+ * (a higher slot holds only larger scores), then each bucket sorted on its own. */
+static void sort_by_slot(const candidates *c, uint64_t *front, int base, int top_slot) {
+    int64_t start[SCORE_WINDOW + 2] = {0};
+    for (int64_t i = 0; i < c->n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &c->v[i], sizeof bits);
+        int slot = (int)((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) - base + 1;
+        start[top_slot - (slot > 0 ? slot : 0) + 1]++; /* bucket 0 = the top slot */
+    }
+    for (int q = 1; q <= top_slot + 1; q++) start[q] += start[q - 1];
+    int64_t fill[SCORE_WINDOW + 2];
+    memcpy(fill, start, sizeof fill);
+    for (int64_t i = 0; i < c->n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &c->v[i], sizeof bits);
+        int slot = (int)((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) - base + 1;
+        front[fill[top_slot - (slot > 0 ? slot : 0)]++] = score_key(c->v[i], c->id[i]);
+    }
+    for (int q = 0; q <= top_slot; q++) sort_keys_desc(front + start[q], start[q + 1] - start[q]);
+}
 
 /* One row: s = (relu(pre) * norm)^2 into s[0:L], summed per score bin; walking the bins from
  * the top gives the highest threshold whose scores sum to ||z||^2. The scores >= it are
@@ -543,23 +566,30 @@ static int64_t topafa_row(const float *row, const float *norms, int64_t L, float
         top_bits = bits > top_bits ? bits : top_bits;
     }
     /* every score into its bin, branch-free, over SCORE_BANKS interleaved copies of the bins so
-     * that runs of scores in one bin (the zeros of bin 0 above all) do not wait on each other */
-    const int lo = 1;
-    int hi = (int)((top_bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1));
-    memset(bins->sum, 0, (size_t)(hi + 1) * SCORE_BANKS * sizeof(float));
+     * that runs of scores in one bin (the zeros above all) do not wait on each other. Only the
+     * SCORE_WINDOW bins below the top one are kept apart (slot = bin - base + 1); all lower
+     * scores, zeros included, share slot 0, which is never walked: a crossing that low takes
+     * every positive score. */
+    const int hi = (int)((top_bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1));
+    const int base = hi - SCORE_WINDOW + 1 > 1 ? hi - SCORE_WINDOW + 1 : 1;
+    const int top_slot = hi - base + 1, lo = 1;
+    memset(bins->sum, 0, (size_t)(top_slot + 1) * SCORE_BANKS * sizeof(float));
     int64_t l = 0;
     for (; l + SCORE_BANKS <= L; l += SCORE_BANKS)
         for (int q = 0; q < SCORE_BANKS; q++) {
             uint32_t bits;
             memcpy(&bits, &s[l + q], sizeof bits);
-            bins->sum[((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) * SCORE_BANKS + q] += s[l + q];
+            int slot = (int)((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) - base + 1;
+            slot = slot > 0 ? slot : 0;
+            bins->sum[slot * SCORE_BANKS + q] += s[l + q];
         }
     for (; l < L; l++) {
         uint32_t bits;
         memcpy(&bits, &s[l], sizeof bits);
-        bins->sum[((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) * SCORE_BANKS] += s[l];
+        int slot = (int)((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) - base + 1;
+        bins->sum[(slot > 0 ? slot : 0) * SCORE_BANKS] += s[l];
     }
-    int b = hi;
+    int b = top_slot;
     double target = (double)zn * (double)zn, acc = 0.0;
     for (; b >= lo; b--) { /* b < lo at the end: ||z|| out of reach (or NaN): every score */
         for (int q = 0; q < SCORE_BANKS; q++) acc += bins->sum[b * SCORE_BANKS + q];
@@ -567,12 +597,12 @@ static int64_t topafa_row(const float *row, const float *norms, int64_t L, float
     }
     for (;;) {
         int all_in = b < lo;
-        uint32_t bits = all_in ? 1u : (uint32_t)b << SCORE_BIN_SHIFT; /* 1u: the least float > 0 */
+        /* slot b holds bin b + base - 1; 1u: the least float > 0 */
+        uint32_t bits = all_in ? 1u : (uint32_t)(b + base - 1) << SCORE_BIN_SHIFT;
         float threshold;
         memcpy(&threshold, &bits, sizeof threshold);
         collect(s, L, threshold, c);
-        for (int64_t i = 0; i < c->n; i++) front[i] = score_key(c->v[i], c->id[i]);
-        sort_keys_desc(front, c->n);
+        sort_by_slot(c, front, base, top_slot);
         int64_t k = topafa_cut(front, c->n, L, zn, all_in);
         if (all_in && k < 1) k = 1; /* a NaN norm: no gap compares (torch's argmin: 0) */
         if (all_in || (k > 0 && k <= c->n)) {

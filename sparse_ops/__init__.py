@@ -65,6 +65,7 @@ from sparse_ops.encode import (
 __all__ = [
     "BACKENDS",
     "SparseOpsInputError",
+    "TopAFACode",
     "blasst_attention",
     "blasst_attention_reference",
     "block_lists_to_mask",
@@ -78,7 +79,6 @@ __all__ = [
     "resolve_backend",
     "sparse_decode",
     "sparse_decode_reference",
-    "TopAFACode",
     "topafa_dense",
     "topafa_encode",
     "topafa_select",

@@ -7,14 +7,14 @@ from collections import deque
 
 import pytest
 import torch
+from fixtures_lab import ARCH_KW
 from sae_lens import SAE
 
 import saes  # noqa: F401  (registers topafa / structured with sae-lens)
-from fixtures_lab import ARCH_KW
+import sparse_ops
 from saes.structured import StructuredSAE, StructuredSAEConfig
 from saes.topafa import TopAFASAE, TopAFASAEConfig
 from saes.training import SAETrainConfig, SAETrainer
-import sparse_ops
 from saes.training.distributed import Reducer
 from saes.training.losses import LossContext
 from sparse_ops import cpu_native

@@ -8,13 +8,13 @@ import json
 
 import pytest
 import torch
+from fixtures_lab import ARCH_KW
 from sae_lens import SAE, HookedSAETransformer, TopKSAE, TopKSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from transformer_lens import HookedTransformerConfig
 
 from saes.interop import import_sae, load_sae
 from saes.training import SAETrainConfig, tensor_source, train_saes
-from fixtures_lab import ARCH_KW
 from workbench.errors import InvalidInputError, NotFoundError, WorkbenchError
 from workbench.lab import Lab
 

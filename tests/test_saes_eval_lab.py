@@ -6,12 +6,12 @@ import json
 
 import pytest
 import typer
+from fixtures_lab import small_lm_setup
 from typer.testing import CliRunner
 
+from app.cli.sae_eval_cmds import add_commands
 from saes.evaluation import CONCEPTS_FILE, EVAL_FILE
 from saes.feature_stats import load_feature_stats
-from fixtures_lab import small_lm_setup
-from app.cli.sae_eval_cmds import add_commands
 from workbench.lab import Lab
 
 

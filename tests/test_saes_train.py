@@ -26,7 +26,6 @@ from saes.training.trainer import load_checkpoint
 from workbench.errors import InvalidInputError, NotFoundError
 from workbench.lab import Lab
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -187,8 +186,9 @@ def test_live_model_training_and_hook_check(tmp_path):
 
 def test_cli_train_sweep_import_from_a_store(tmp_path):
     from fixtures_lab import small_lm_setup
-    from workbench.activations import cache_activations
+
     from app.cli import app
+    from workbench.activations import cache_activations
 
     lab, corpus, model = small_lm_setup(tmp_path)
     cache_activations(lab, "acts", model, "blocks.0.hook_resid_post", corpus, 4096,

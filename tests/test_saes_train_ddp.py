@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from fixtures_lab import ARCH_KW
 from sae_lens import SAE
 
 from saes.training import SAETrainConfig, tensor_source, train_saes
-from fixtures_lab import ARCH_KW
 from workbench.lab import Lab
 
 pytestmark = pytest.mark.usefixtures("one_thread")

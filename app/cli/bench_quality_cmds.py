@@ -47,8 +47,8 @@ def sae_quality_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Train and compare TopK, BatchTopK, top-AFA and structured SAEs at matched L0."""
-    from saes.bench_quality import QualityBenchConfig, format_report, run_quality_bench
     from app.recipes.default import DefaultRecipe
+    from saes.bench_quality import QualityBenchConfig, format_report, run_quality_bench
 
     lab = get_lab()
     if acts is None and lab.exists(DefaultRecipe.acts):

@@ -136,10 +136,6 @@ class InputNormalizer:
 CHECKPOINT_FORMAT = 1
 
 
-class TrainingDivergedError(WorkbenchError):
-    """The loss or the activations became NaN/inf; training stopped before the bad update."""
-
-
 class SAETrainer:
     """Trains one SAE (see module doc). `cfg` is resolved (`cfg.resolved(d_in)`); `init_sae`:
     start from this sae-lens SAE (config `init_from`) instead of a random init."""

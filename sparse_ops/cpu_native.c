@@ -29,7 +29,6 @@
  *                 increasing order) and activations.
  */
 
-#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -503,7 +502,7 @@ static int64_t topafa_cut(const uint64_t *f, int64_t j, int64_t L, float zn, int
         k = 1;
     }
     /* positions past the front repeat C_j (zeros) up to L - 1; the guard sits at L */
-    if (k < L && (crossed ? 1 : j < L) && fabsf(sqrtf(TOPAFA_GUARD) - zn) < best) k = L;
+    if (k < L && (crossed || j < L) && fabsf(sqrtf(TOPAFA_GUARD) - zn) < best) k = L;
     return k;
 }
 

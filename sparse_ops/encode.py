@@ -464,8 +464,8 @@ class TopAFACode:
 
     values [tokens, K] (>= 0; 0 past a row's length; within a row in increasing latent id on
     the cpu backend, else by s = (a * ||W_dec,i||)^2 descending), indices [tokens, K] int64,
-    lengths [tokens] int64 (kept
-    latents with a positive activation; K = their maximum), k [tokens] int64 (the rule's k(x);
+    lengths [tokens] int64 (kept latents with a positive activation; K = their maximum),
+    k [tokens] int64 (the rule's k(x);
     k > lengths only where the cut reached latents with activation 0), width: the candidate set
     size used (the whole dictionary on the cpu backend), preactivations: the [tokens, latents]
     pre-activations where the backend computed them (cpu), for AuxK, else None.

@@ -321,6 +321,17 @@ def mlp_hidden_hook(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
+def load_model_at_layer(lab: Lab, name: str, layer: int):
+    """Lab model `name`, checked to have block `layer` (InvalidInputError otherwise)."""
+    from workbench.models.loading import load_model
+
+    model = load_model(name, lab=lab)
+    if not 0 <= layer < model.cfg.n_layers:
+        raise InvalidInputError(f"layer {layer} is outside model {name!r} "
+                                f"({model.cfg.n_layers} layers)")
+    return model
+
+
 def evaluate_chess_table(lab: Lab, dataset: str, rows: list[TableRow], layer: int,
                          name: str | None = None, max_games: int | None = None,
                          probe_squares: list[int] | None = None, overwrite: bool = False,
@@ -333,7 +344,6 @@ def evaluate_chess_table(lab: Lab, dataset: str, rows: list[TableRow], layer: in
     from saes import load_sae
     from workbench.data.chess import encode_games
     from workbench.lab import write_json
-    from workbench.models.loading import load_model
 
     if not rows:
         raise InvalidInputError("no models to evaluate; name at least one")
@@ -344,10 +354,7 @@ def evaluate_chess_table(lab: Lab, dataset: str, rows: list[TableRow], layer: in
     out, units = [], {}
     for row in rows:
         if row.model not in cache:
-            model = load_model(row.model, lab=lab)
-            if not 0 <= layer < model.cfg.n_layers:
-                raise InvalidInputError(f"layer {layer} is outside model {row.model!r} "
-                                        f"({model.cfg.n_layers} layers)")
+            model = load_model_at_layer(lab, row.model, layer)
             fit = collect_board_features(model, lab, dataset, "validation", [hidden, resid],
                                          max_games)
             test = collect_board_features(model, lab, dataset, "test", [hidden, resid], max_games)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from saes.board_eval import load_model_at_layer, mlp_hidden_hook
 from workbench.errors import InvalidInputError
 from workbench.lab import Lab
 
@@ -54,10 +55,6 @@ class TextRow:
     sae: str | None = None
 
 
-def mlp_hidden_hook(layer: int) -> str:
-    return f"blocks.{layer}.mlp.hook_post"
-
-
 def evaluate_text_table(lab: Lab, corpus: str, rows: list[TextRow], layer: int,
                         n_tokens: int = 16384, name: str | None = None,
                         overwrite: bool = False, echo=print) -> list[dict]:
@@ -68,7 +65,6 @@ def evaluate_text_table(lab: Lab, corpus: str, rows: list[TextRow], layer: int,
     from saes.interop import load_sae
     from workbench.data.store import load_corpus
     from workbench.lab import write_json
-    from workbench.models.loading import load_model
     from workbench.probes import probe_data_from_model
 
     if not rows:
@@ -83,10 +79,7 @@ def evaluate_text_table(lab: Lab, corpus: str, rows: list[TextRow], layer: int,
     out, results = [], {}
     for row in rows:
         if row.model not in data_of:
-            model = load_model(row.model, lab=lab)
-            if not 0 <= layer < model.cfg.n_layers:
-                raise InvalidInputError(f"layer {layer} is outside model {row.model!r} "
-                                        f"({model.cfg.n_layers} layers)")
+            model = load_model_at_layer(lab, row.model, layer)
             data_of[row.model] = probe_data_from_model(
                 model, hook, text, "language", n_tokens=n_tokens, split=SPLIT,
                 context_size=min(128, model.cfg.n_ctx))

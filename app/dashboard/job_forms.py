@@ -108,11 +108,17 @@ def _positive(values: dict[str, Any], key: str, problems: list[str], label: str,
     return value
 
 
-def _fraction(values: dict[str, Any], key: str, problems: list[str], label: str) -> float:
+def _number(values: dict[str, Any], key: str, problems: list[str], label: str) -> float | None:
     try:
-        value = float(values.get(key))
+        return float(values.get(key))
     except (TypeError, ValueError):
         problems.append(f"{label} must be a number")
+        return None
+
+
+def _fraction(values: dict[str, Any], key: str, problems: list[str], label: str) -> float:
+    value = _number(values, key, problems, label)
+    if value is None:
         return 0.0
     if not 0.0 < value <= 1.0:
         problems.append(f"{label} must lie in (0, 1], got {value:g}")
@@ -122,10 +128,8 @@ def _fraction(values: dict[str, Any], key: str, problems: list[str], label: str)
 def _finite(values: dict[str, Any], key: str, problems: list[str], label: str) -> float:
     import math
 
-    try:
-        value = float(values.get(key))
-    except (TypeError, ValueError):
-        problems.append(f"{label} must be a number")
+    value = _number(values, key, problems, label)
+    if value is None:
         return 0.0
     if not math.isfinite(value):
         problems.append(f"{label} must be a finite number, got {value}")

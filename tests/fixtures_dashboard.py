@@ -4,8 +4,11 @@ folder `dash-imported` (no activations parent, no feature statistics)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from workbench.lab import Lab
 
+MAIN = str(Path(__file__).resolve().parents[1] / "app" / "dashboard" / "main.py")
 SAE = "dash-sae"
 IMPORTED = "dash-imported"
 HOOK = "blocks.0.hook_resid_post"
@@ -26,3 +29,23 @@ def add_dashboard_saes(lab: Lab) -> Lab:
     if not lab.exists(IMPORTED):
         import_sae(lab, lab.get(SAE).path, IMPORTED, model="lm", hook=HOOK)
     return lab
+
+
+def open_page(monkeypatch, lab: Lab, page: str | None = None):
+    """The dashboard in Streamlit's AppTest over `lab`, run once, then switched to `page`
+    (a script under app/dashboard, e.g. "views/features.py") and run again."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("WORKBENCH_LAB", str(lab.root))
+    at = AppTest.from_file(MAIN, default_timeout=240)
+    at.run()
+    if page is not None:
+        at.switch_page(page)
+        at.run()
+    return at
+
+
+def assert_clean(at) -> None:
+    """No exception and no error message on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]

@@ -5,15 +5,20 @@ steering, job form validation, and a job started from a form and shown finished.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
-from fixtures_dashboard import HOOK, IMPORTED, SAE, add_dashboard_saes
+from fixtures_dashboard import (
+    HOOK,
+    IMPORTED,
+    SAE,
+    add_dashboard_saes,
+    assert_clean,
+    open_page,
+)
 from streamlit.testing.v1 import AppTest
 
 from workbench.lab import Lab
 
-MAIN = str(Path(__file__).resolve().parents[1] / "app" / "dashboard" / "main.py")
 PAGES = ("views/lab.py", "views/model.py", "views/saes.py", "views/features.py")
 
 
@@ -22,19 +27,7 @@ def dash_lab(tiny_lab):
     return add_dashboard_saes(tiny_lab)
 
 
-def _app(monkeypatch, lab: Lab, page: str | None = None) -> AppTest:
-    monkeypatch.setenv("WORKBENCH_LAB", str(lab.root))
-    at = AppTest.from_file(MAIN, default_timeout=240)
-    at.run()
-    if page is not None:
-        at.switch_page(page)
-        at.run()
-    return at
-
-
-def _clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+_app, _clean = open_page, assert_clean
 
 
 def _texts(at: AppTest) -> str:

@@ -7,16 +7,15 @@ lab."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from fixtures_analysis import ATTENTION, DEPTH, LAW, LAW_MODEL, add_analyses
+from fixtures_dashboard import MAIN, assert_clean, open_page
 from streamlit.testing.v1 import AppTest
 
 from workbench.lab import Lab
 
-MAIN = str(Path(__file__).resolve().parents[1] / "app" / "dashboard" / "main.py")
 LAWS, ATTN, DEPTH_PAGE = "views/sparsity_laws.py", "views/attention.py", "views/depth.py"
 
 
@@ -33,18 +32,7 @@ def model_only_lab(tmp_path_factory):
     return small_lm_setup(tmp_path_factory.mktemp("model_only") / "lab")[0]
 
 
-def _app(monkeypatch, lab: Lab, page: str) -> AppTest:
-    monkeypatch.setenv("WORKBENCH_LAB", str(lab.root))
-    at = AppTest.from_file(MAIN, default_timeout=240)
-    at.run()
-    at.switch_page(page)
-    at.run()
-    return at
-
-
-def _clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+_app, _clean = open_page, assert_clean
 
 
 def _charts(at: AppTest) -> list[str]:

@@ -82,6 +82,31 @@ def served_chess(tmp_path_factory):
         yield lab, port
 
 
+def _open_chromium(p, errors: list[str]):
+    """Headless Debian Chromium and a 1280 x 800 page whose console errors, page errors, failed
+    requests and HTTP errors are appended to `errors`."""
+    browser = p.chromium.launch(
+        executable_path=str(CHROMIUM),
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run"],
+    )
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}")
+            if r.status >= 400 else None)
+    return browser, page
+
+
+def _settle(page) -> None:
+    """Wait until the script run is over, then let the charts draw."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
+                           timeout=90_000)
+    page.wait_for_timeout(1000)
+
+
 def test_port_taken_gives_a_clear_message(served):
     lab, port = served
     out = subprocess.run([sys.executable, "-m", "app.cli", "app", "--port", str(port)],
@@ -101,24 +126,10 @@ def test_dashboard_pages_in_chromium(served, tmp_path):
     errors: list[str] = []
     t0 = time.time()
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
-        page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}")
-                if r.status >= 400 else None)
+        browser, page = _open_chromium(p, errors)
 
         def settle() -> None:
-            """Wait until the script run is over, then let the charts draw."""
-            page.wait_for_timeout(300)
-            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
-                                   timeout=90_000)
-            page.wait_for_timeout(1000)
+            _settle(page)
 
         def visit(link: str, text: str, shot: str, full: bool = False) -> None:
             """Open a page through the navigation (as a user does)."""
@@ -211,21 +222,10 @@ def test_moex_page_in_chromium(served_chess, tmp_path):
     shots.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM),
-                                    args=["--no-sandbox", "--disable-gpu", "--no-first-run",
-                                          "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
-        page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}")
-                if r.status >= 400 else None)
+        browser, page = _open_chromium(p, errors)
 
         def settle() -> None:
-            page.wait_for_timeout(300)
-            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
-                                   timeout=90_000)
-            page.wait_for_timeout(1000)
+            _settle(page)
 
         page.goto(f"http://127.0.0.1:{port}")  # a deep link probes /moex/_stcore (404s)
         page.get_by_text("Sparsity workbench").first.wait_for(timeout=90_000)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 
 import pytest
+from fixtures_dashboard import assert_clean, open_page
 from moex_fixtures import build_quick_chess_lab
 from streamlit.testing.v1 import AppTest
 
@@ -18,7 +18,6 @@ from saes.board_view import game_positions
 from workbench.data.chess import load_games
 from workbench.lab import Lab
 
-MAIN = str(Path(__file__).resolve().parents[1] / "app" / "dashboard" / "main.py")
 PAGE = "views/moex.py"
 
 
@@ -28,17 +27,10 @@ def chess_lab(tmp_path_factory):
 
 
 def _app(monkeypatch, lab: Lab) -> AppTest:
-    monkeypatch.setenv("WORKBENCH_LAB", str(lab.root))
-    at = AppTest.from_file(MAIN, default_timeout=240)
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    return at
+    return open_page(monkeypatch, lab, PAGE)
 
 
-def _clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+_clean = assert_clean
 
 
 def _charts(at: AppTest) -> list[dict]:

@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures_dashboard import SAE, add_dashboard_saes
+from fixtures_dashboard import SAE, add_dashboard_saes, assert_clean, open_page
 from fixtures_steering import PAGE_EVAL, PAGE_LANGUAGES, PAGE_REPORT, add_steering_artifacts
 from streamlit.testing.v1 import AppTest
 
 from app.dashboard.job_forms import plan
 from workbench.lab import Lab
 
-MAIN = str(Path(__file__).resolve().parents[1] / "app" / "dashboard" / "main.py")
 PAGE = "views/steering.py"
 
 
@@ -30,20 +29,14 @@ def steer_lab(tiny_lab):
 
 
 def _app(monkeypatch, lab: Lab) -> AppTest:
-    monkeypatch.setenv("WORKBENCH_LAB", str(lab.root))
-    at = AppTest.from_file(MAIN, default_timeout=240)
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
+    at = open_page(monkeypatch, lab, PAGE)
     if PAGE_REPORT in [a.name for a in lab.list("langfir")] and \
             at.selectbox(key="steer-report").value != PAGE_REPORT:
         at.selectbox(key="steer-report").select(PAGE_REPORT).run()
     return at
 
 
-def _clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+_clean = assert_clean
 
 
 def _frame(at: AppTest, *columns: str):

@@ -24,7 +24,7 @@ bench_app = typer.Typer(help="Benchmarks: SAE training speed, kernels, SAE quali
 def sae_train(
     vs: str = typer.Option("sae-lens", "--vs",
                            help="Baseline trainers: sae-lens, sparsify or sae-lens,sparsify "
-                                "(sparsify needs the bench extra: pip install -e '.[bench]')."),
+                                "(sparsify needs the bench extra: pip install -e '.\\[bench]')."),
     sae_lens_lr: str = typer.Option("default,ours", "--sae-lens-lr",
                                     help="sae-lens rows: at its default lr, at ours, or both."),
     tokens: int = typer.Option(2_000_000, "--tokens", help="Training tokens per run."),

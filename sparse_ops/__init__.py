@@ -12,12 +12,13 @@ Public API (stable names):
   rows unsorted; ``keep_preactivations=True`` also returns the cpu backend's pre-activations)
 * ``topk_encode_among(x, W_enc, b_enc, k, columns, backend="auto", preactivations=None)
   -> (values, latent ids)``: the top k among some latents (AuxK's dead ones)
-* ``sparse_decode(values, indices, W_dec, b_dec, backend="auto", lengths=None) -> x_hat``
-  (``lengths``: a ragged code, row t holding its first lengths[t] pairs)
+* ``sparse_decode(values, indices, W_dec, b_dec, backend="auto", lengths=None, offsets=None)
+  -> x_hat`` (``lengths``: a ragged code, row t holding its first lengths[t] pairs;
+  ``offsets``: a ragged code as flat bags, values and indices [nnz])
 * ``topafa_select(values, indices, dec_norms, z_norm) -> (values_masked, k_per_row)``: the rule
   (given every latent as candidates, its full-sort definition)
 * ``topafa_encode(z, W_enc, b_enc, dec_norms, backend="auto", width=64) -> TopAFACode``
-  (values, indices, lengths, k: each token's kept latents as a ragged code);
+  (values, indices [nnz], offsets, lengths, k: each token's kept latents as flat bags);
   ``topafa_dense(code, latents)``
 * ``block_sparse_attention(q, k, v, block_index, block_size, backend="auto")
   -> (out, computed_fraction)``

@@ -16,19 +16,21 @@
  *                 Tokens are visited in order, so each G row is read once from memory and
  *                 stays in L1 for its K pairs; each thread owns a range of latents (rows of
  *                 out), so the accumulation needs no locks and no sort of the pairs. With
- *                 `lens`, row n has only its first lens[n] pairs (a ragged code stored padded).
- * wb_flatten_rows a ragged code stored padded [n, K] -> the flat pairs of embedding_bag.
- * wb_pad_rows     wb_topafa_rows' rows (in a [n, L] workspace) -> a tight [n, max len] code.
+ *                 `lens`, row n has only its first lens[n] pairs (a ragged code stored padded);
+ *                 with `lens` and `starts`, the code is flat bags (row n's pairs at starts[n]).
+ * wb_flatten_rows a ragged code stored padded [n, stride] (a trainer's code, or
+ *                 wb_topafa_rows' [n, L] workspace) -> the flat bags of embedding_bag.
  * wb_topafa_rows  top-AFA's k(x) per row of pre [n, L] over the whole dictionary, the full-sort
  *                 rule of sparse_ops.encode.topafa_select (s = (relu(pre) * norm)^2 sorted
- *                 descending, ties to the lower latent id; C_j = float(double cumulative
- *                 sum); the last C_L replaced by 1e8; k = first argmin_j |sqrt(C_j) - ||z|||),
- *                 without sorting the row: the largest s values are moved to the front in
- *                 doubling batches until their sum reaches ||z||^2, and only that front is
- *                 sorted. Writes k, the number of kept positive latents, and their ids (in
- *                 increasing order) and activations.
- */
+ *                 descending, ties to the lower latent id; C_j their cumulative sums in
+ *                 float64, the last C_L replaced by 1e8; k = the first argmin_j of
+ *                 |sqrt(C_j) - ||z|||, found where C first reaches ||z||^2), without sorting
+ *                 the row: score bins locate the crossing, the scores above it are collected,
+ *                 and only the few keys around the crossing are sorted (none when every
+ *                 positive latent is kept). Writes k, the number of kept positive latents, and
+ *                 their ids (in increasing order) and activations. */
 
+#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -361,7 +363,7 @@ int wb_topk_rows(const float *pre, int64_t n, int64_t row_stride, int64_t L, con
 
 typedef struct {
     const float *vals, *G, *W;
-    const int64_t *idx, *lens;
+    const int64_t *idx, *lens, *starts;
     int64_t n, K, L, D;
     float *out, *bias, *grad_vals;
     int bad_index; /* set by the part owning latent 0 when an index lies outside [0, L) */
@@ -386,7 +388,8 @@ static void pairs_range(void *arg, int64_t l0, int64_t l1) {
     if (job->bias) memset(job->bias + l0, 0, (size_t)(l1 - l0) * sizeof(float));
     for (int64_t n = 0; n < job->n; n++) {
         const float *restrict g = job->G + n * D;
-        const int64_t *ids = job->idx + n * K;
+        int64_t start = job->starts ? job->starts[n] : n * K;
+        const int64_t *ids = job->idx + start;
         int64_t row_len = job->lens ? job->lens[n] : K;
         for (int64_t j = 0; j < row_len; j++) {
             int64_t l = ids[j];
@@ -394,8 +397,8 @@ static void pairs_range(void *arg, int64_t l0, int64_t l1) {
                 if (l0 == 0 && (l < 0 || l >= job->L)) job->bad_index = 1;
                 continue;
             }
-            float v = job->vals[n * K + j];
-            if (job->grad_vals) job->grad_vals[n * K + j] = dot_row(g, job->W + l * D, D);
+            float v = job->vals[start + j];
+            if (job->grad_vals) job->grad_vals[start + j] = dot_row(g, job->W + l * D, D);
             if (job->bias) job->bias[l] += v;
             if (job->out) {
                 float *restrict o = job->out + l * D;
@@ -407,11 +410,15 @@ static void pairs_range(void *arg, int64_t l0, int64_t l1) {
 
 /* vals, idx [n, K] (idx in [0, L)), G [n, D]; lens [n] (each <= K) or NULL; out [L, D] or
  * NULL, bias [L] or NULL; with W [L, D], grad_vals [n, K] (entries past a row's length are not
- * written). Returns 0, or -1 when an index is outside [0, L) (outputs are then incomplete). */
-int wb_pair_sums(const float *vals, const int64_t *idx, const int64_t *lens, const float *G,
-                 const float *W, int64_t n, int64_t K, int64_t L, int64_t D, float *out,
-                 float *bias, float *grad_vals, int n_threads) {
-    pairs_job job = {vals, G, W, idx, lens, n, K, L, D, out, bias, W ? grad_vals : NULL, 0};
+ * written). With starts [n] (and lens), vals, idx, grad_vals are flat bags instead: row n's
+ * pairs at starts[n] .. starts[n] + lens[n] (K unused). Returns 0, or -1 when an index is
+ * outside [0, L) (outputs are then incomplete). */
+int wb_pair_sums(const float *vals, const int64_t *idx, const int64_t *lens,
+                 const int64_t *starts, const float *G, const float *W, int64_t n, int64_t K,
+                 int64_t L, int64_t D, float *out, float *bias, float *grad_vals, int n_threads) {
+    if (starts && !lens) return -2;
+    pairs_job job = {vals, G, W, idx, lens, starts, n, K, L, D, out, bias,
+                     W ? grad_vals : NULL, 0};
     int parts = clamp_threads(n_threads, L);
     int64_t bounds[MAX_THREADS + 1];
     even_bounds(L, parts, bounds);
@@ -473,37 +480,54 @@ static void sort_keys_desc(uint64_t *a, int64_t n) {
     }
 }
 
-#define TOPAFA_GUARD 1e8f /* C_L's stand-in when the candidates are the whole dictionary */
+#define TOPAFA_GUARD 1e8 /* C_L's stand-in when the candidates are the whole dictionary */
+
+/* The rule as an exact search: over positions 0 .. L - 2, C is non-decreasing, so the first
+ * argmin of |sqrt(C_i) - ||z||| is where C first reaches ||z||^2 (position b) or the position
+ * before it (a, the first of its run of equal C): one comparison of two gaps. The guard C_L at
+ * position L - 1 wins only when strictly closer. No gap is compared to another that rounding
+ * alone could make equal, so this agrees with sparse_ops.encode._topafa_cut exactly. */
+static double guard_gap(double zn) { return fabs(sqrt(TOPAFA_GUARD) - zn); }
+
+/* k (1-based) when position i first has C_i = c >= zn^2, the previous C being prev (the first
+ * position of its run at run); *best gets the gap there. */
+static int64_t cut_at_crossing(int64_t i, double c, double prev, int64_t run, double zn,
+                               double *best) {
+    double gap_b = sqrt(c) - zn;
+    if (i > 0) {
+        double gap_a = zn - sqrt(prev);
+        if (gap_a <= gap_b) {
+            *best = gap_a;
+            return run + 1;
+        }
+    }
+    *best = gap_b;
+    return i + 1;
+}
 
 /* The rule on the first j sorted scores f[0:j] of a row with L latents: returns k, or 0 when
  * the front does not settle it (no C_j within it reaches ||z|| and more positive scores exist).
  * all_in: f holds every positive score of the row (the rest are 0). */
-static int64_t topafa_cut(const uint64_t *f, int64_t j, int64_t L, float zn, int all_in) {
-    double acc = 0.0;
-    float best = INFINITY;
-    int64_t k = 0, crossed = 0;
-    for (int64_t i = 0; i < j; i++) {
+static int64_t topafa_cut(const uint64_t *f, int64_t j, int64_t L, double zn, int all_in) {
+    if (zn != zn) return all_in ? 1 : 0; /* a NaN norm: torch's argmin takes the first gap */
+    double z2 = zn * zn, acc = 0.0, prev = 0.0, best;
+    int64_t run = 0, k;
+    int64_t walk = j < L - 1 ? j : L - 1; /* position L - 1 holds the guard, not a score */
+    for (int64_t i = 0; i < walk; i++) {
         acc += key_score(f[i]);
-        float c = (i + 1 == L) ? TOPAFA_GUARD : (float)acc;
-        float d = sqrtf(c) - zn;
-        float gap = fabsf(d);
-        if (gap < best) {
-            best = gap;
-            k = i + 1;
+        if (acc >= z2) {
+            k = cut_at_crossing(i, acc, prev, run, zn, &best);
+            return guard_gap(zn) < best ? L : k;
         }
-        if (d >= 0.0f) { /* from here on the gaps only grow (C is non-decreasing) */
-            crossed = 1;
-            break;
-        }
+        if (i == 0 || acc != prev) run = i;
+        prev = acc;
     }
-    if (!crossed && !all_in) return 0;
-    if (j == 0) { /* an all-zero row: every C_j < L is 0 */
-        best = zn;
-        k = 1;
-    }
-    /* positions past the front repeat C_j (zeros) up to L - 1; the guard sits at L */
-    if (k < L && (crossed || j < L) && fabsf(sqrtf(TOPAFA_GUARD) - zn) < best) k = L;
-    return k;
+    if (!all_in) return 0;
+    if (L == 1) return 1; /* the guard is the only position */
+    /* positions walk .. L - 2 repeat the last C (zero scores after the positive ones) */
+    if (walk == 0 && z2 <= 0.0) return 1; /* an all-zero row with ||z|| = 0 */
+    best = zn - sqrt(prev);
+    return guard_gap(zn) < best ? L : run + 1;
 }
 
 typedef struct {
@@ -526,26 +550,112 @@ typedef struct {
     float sum[(SCORE_WINDOW + 1) * SCORE_BANKS]; /* slot b, bank q at b * SCORE_BANKS + q */
 } score_bins;
 
-/* The collected scores as keys in front[0:c->n], sorted descending: first bucketed by slot
- * (a higher slot holds only larger scores), then each bucket sorted on its own. */
-static void sort_by_slot(const candidates *c, uint64_t *front, int base, int top_slot) {
-    int64_t start[SCORE_WINDOW + 2] = {0};
+/* The collected scores as keys in front[0:c->n], bucketed by slot (a higher slot holds only
+ * larger scores; bucket q, q = 0 the top slot, at start[q] .. start[q + 1]), unsorted within. */
+static void bucket_by_slot(const candidates *c, uint64_t *front, int base, int top_slot,
+                           int64_t *start) {
+    memset(start, 0, (size_t)(top_slot + 2) * sizeof(int64_t));
     for (int64_t i = 0; i < c->n; i++) {
         uint32_t bits;
         memcpy(&bits, &c->v[i], sizeof bits);
         int slot = (int)((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) - base + 1;
-        start[top_slot - (slot > 0 ? slot : 0) + 1]++; /* bucket 0 = the top slot */
+        start[top_slot - (slot > 0 ? slot : 0) + 1]++;
     }
     for (int q = 1; q <= top_slot + 1; q++) start[q] += start[q - 1];
     int64_t fill[SCORE_WINDOW + 2];
-    memcpy(fill, start, sizeof fill);
+    memcpy(fill, start, (size_t)(top_slot + 2) * sizeof(int64_t));
     for (int64_t i = 0; i < c->n; i++) {
         uint32_t bits;
         memcpy(&bits, &c->v[i], sizeof bits);
         int slot = (int)((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) - base + 1;
         front[fill[top_slot - (slot > 0 ? slot : 0)]++] = score_key(c->v[i], c->id[i]);
     }
-    for (int q = 0; q <= top_slot; q++) sort_keys_desc(front + start[q], start[q + 1] - start[q]);
+}
+
+/* Collected sets up to this size have exact double sums in any order: their scores lie within
+ * 2^17 of each other (the bin window), so 24 + 17 + 11 bits fit a double's 53. */
+#define EXACT_SUM_MAX 2048
+
+/* The rule when its crossing lies in one bucket of front (bucketed as bucket_by_slot leaves it;
+ * every score within the window). The cumulative sum before each bucket is exact without
+ * sorting (EXACT_SUM_MAX), so the bucket where C first reaches ||z||^2 is found from bucket
+ * sums alone; within it, splits at pivots (a weighted quickselect) narrow the crossing to a run
+ * of at most 32 keys, and only that run is sorted and walked (the kept set is everything
+ * before the cut, in any order). Returns k; 0 when no crossing lies within front (a lower
+ * threshold is needed); -1 when the full sort must decide (the guard within reach, too many
+ * scores for exact sums, a NaN norm). */
+static int64_t cut_in_one_bucket(uint64_t *front, const int64_t *start, int top_slot,
+                                 int64_t n_front, int64_t L, double zn) {
+    if (n_front > EXACT_SUM_MAX || n_front >= L || zn != zn) return -1;
+    double acc = 0.0, z2 = zn * zn;
+    for (int q = 0; q <= top_slot; q++) {
+        int64_t b0 = start[q], b1 = start[q + 1];
+        if (b1 == b0) continue;
+        double sum = 0.0;
+        for (int64_t i = b0; i < b1; i++) sum += key_score(front[i]);
+        if (acc + sum < z2) {
+            acc += sum;
+            continue;
+        }
+        /* narrow [b0, b1) to a short run holding the crossing: split at a pivot key (keys
+         * above it to the front), keep the half where C reaches ||z||^2, adding the
+         * upper half's sum when the crossing lies below it; then sort only that run */
+        while (b1 - b0 > 32) {
+            uint64_t x = front[b0], y = front[b0 + (b1 - b0) / 2], z = front[b1 - 1];
+            uint64_t p = (x > y) ? ((y > z) ? y : ((x > z) ? z : x))
+                                 : ((x > z) ? x : ((y > z) ? z : y));
+            int64_t mid = b0;
+            double upper = 0.0;
+            for (int64_t i = b0; i < b1; i++)
+                if (front[i] > p) {
+                    uint64_t t = front[i];
+                    front[i] = front[mid];
+                    front[mid++] = t;
+                    upper += key_score(t);
+                }
+            if (acc + upper < z2) {
+                acc += upper;
+                b0 = mid; /* the pivot itself heads the lower part: it is never lost */
+            } else {
+                b1 = mid;
+            }
+        }
+        sort_keys_desc(front + b0, b1 - b0);
+        /* the scores lie within the window, so C rises strictly (no run of equal C) */
+        for (int64_t i = b0; i < b1; i++) {
+            double prev = acc;
+            acc += key_score(front[i]);
+            if (acc >= z2) {
+                double best;
+                int64_t k = cut_at_crossing(i, acc, prev, i - 1, zn, &best);
+                return guard_gap(zn) < best ? -1 : k;
+            }
+        }
+        return -1;
+    }
+    return 0;
+}
+
+/* The rule when front holds every positive score (all_in), unsorted, and their total stays
+ * below ||z||^2: C then never reaches ||z||^2 before the guard, so the first argmin is the
+ * first position of the last run of equal C, which is the last score whenever that score
+ * moves the float64 sum (k = n), or the guard (k = L) where it is closer; every positive latent
+ * is kept either way, and no sort is needed. The total here is summed in another order than
+ * the rule's, so every decision keeps a margin for that rounding; returns k, or -1 when a
+ * margin is not met (the full sort decides). */
+static int64_t cut_all_in(const uint64_t *front, int64_t n, int64_t L, double zn) {
+    if (n < 1 || n >= L || zn != zn) return -1;
+    double total = 0.0, s_min = INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        double v = key_score(front[i]);
+        total += v;
+        s_min = v < s_min ? v : s_min;
+    }
+    if (!(total * (1.0 + 1e-12) < zn * zn)) return -1;  /* a crossing may lie within */
+    if (!(s_min > 4.0 * DBL_EPSILON * total)) return -1; /* the last score may not move C */
+    double best = zn - sqrt(total), guard = guard_gap(zn), margin = 1e-9 * zn;
+    if (guard < best - margin) return L;
+    return guard > best + margin ? n : -1;
 }
 
 /* One row: s = (relu(pre) * norm)^2 into s[0:L], summed per score bin; walking the bins from
@@ -601,8 +711,20 @@ static int64_t topafa_row(const float *row, const float *norms, int64_t L, float
         float threshold;
         memcpy(&threshold, &bits, sizeof threshold);
         collect(s, L, threshold, c);
-        sort_by_slot(c, front, base, top_slot);
-        int64_t k = topafa_cut(front, c->n, L, zn, all_in);
+        int64_t k;
+        if (all_in) {
+            for (int64_t i = 0; i < c->n; i++) front[i] = score_key(c->v[i], c->id[i]);
+            k = cut_all_in(front, c->n, L, zn);
+            if (k < 0) sort_keys_desc(front, c->n);
+        } else {
+            int64_t start[SCORE_WINDOW + 2];
+            bucket_by_slot(c, front, base, top_slot, start);
+            k = cut_in_one_bucket(front, start, top_slot, c->n, L, zn);
+            if (k < 0) /* every bucket sorted: front sorted descending */
+                for (int q = 0; q <= top_slot; q++)
+                    sort_keys_desc(front + start[q], start[q + 1] - start[q]);
+        }
+        if (k < 0) k = topafa_cut(front, c->n, L, zn, all_in); /* the rule over the sorted front */
         if (all_in && k < 1) k = 1; /* a NaN norm: no gap compares (torch's argmin: 0) */
         if (all_in || (k > 0 && k <= c->n)) {
             *n_front = c->n;
@@ -638,8 +760,7 @@ static void topafa_range(void *arg, int64_t row_begin, int64_t row_end) {
         if (k > n_front) { /* the guard kept the whole dictionary: every positive latent */
             n_front = 0;
             for (int64_t l = 0; l < L; l++)
-                if (row[l] > 0.0f) front[n_front++] = score_key(s[l], l);
-            sort_keys_desc(front, n_front);
+                if (row[l] > 0.0f) front[n_front++] = score_key(s[l], l); /* a set: no sort */
         }
         /* the kept latents in increasing id order (a bitmap walk): the sparse passes that
          * follow (pair_sums' latent ranges, the decode's row reads) go through W in order */
@@ -687,47 +808,33 @@ int wb_topafa_rows(const float *pre, const float *norms, const float *zn, int64_
 /* ---------------------------------------------------------------------------------------------
  * ragged rows to flat bags */
 
-/* vals, idx [n, K], lens [n], offsets [n] (exclusive prefix sums of lens) -> out_vals, out_idx
- * [sum lens]: row r's first lens[r] pairs at offsets[r] (embedding_bag's flat input). */
-void wb_flatten_rows(const float *vals, const int64_t *idx, const int64_t *lens,
-                     const int64_t *offsets, int64_t n, int64_t K, float *out_vals,
-                     int64_t *out_idx) {
-    for (int64_t r = 0; r < n; r++) {
-        memcpy(out_vals + offsets[r], vals + r * K, (size_t)lens[r] * sizeof(float));
-        memcpy(out_idx + offsets[r], idx + r * K, (size_t)lens[r] * sizeof(int64_t));
-    }
-}
-
-/* ---------------------------------------------------------------------------------------------
- * a ragged code's rows into a tight rectangle */
-
 typedef struct {
-    const int64_t *src_ids, *lens;
-    const float *src_vals;
-    int64_t cap, K;
-    int64_t *ids;
-    float *vals;
-} pad_job;
+    const float *vals;
+    const int64_t *idx, *lens, *offsets;
+    int64_t stride;
+    float *out_vals;
+    int64_t *out_idx;
+} flatten_job;
 
-static void pad_range(void *arg, int64_t row_begin, int64_t row_end) {
-    pad_job *job = (pad_job *)arg;
+static void flatten_range(void *arg, int64_t row_begin, int64_t row_end) {
+    flatten_job *job = (flatten_job *)arg;
     for (int64_t r = row_begin; r < row_end; r++) {
-        int64_t len = job->lens[r], K = job->K;
-        memcpy(job->ids + r * K, job->src_ids + r * job->cap, (size_t)len * sizeof(int64_t));
-        memcpy(job->vals + r * K, job->src_vals + r * job->cap, (size_t)len * sizeof(float));
-        memset(job->ids + r * K + len, 0, (size_t)(K - len) * sizeof(int64_t));
-        memset(job->vals + r * K + len, 0, (size_t)(K - len) * sizeof(float));
+        size_t len = (size_t)job->lens[r];
+        memcpy(job->out_vals + job->offsets[r], job->vals + r * job->stride, len * sizeof(float));
+        memcpy(job->out_idx + job->offsets[r], job->idx + r * job->stride, len * sizeof(int64_t));
     }
 }
 
-/* src_ids, src_vals [n, cap] with lens [n] (each <= K <= cap) -> ids, vals [n, K]: each row's
- * first lens[r] entries, then zeros (latent 0, value 0). */
-void wb_pad_rows(const int64_t *src_ids, const float *src_vals, const int64_t *lens, int64_t n,
-                 int64_t cap, int64_t K, int64_t *ids, float *vals, int n_threads) {
-    if (n == 0) return;
-    pad_job job = {src_ids, lens, src_vals, cap, K, ids, vals};
+/* vals, idx [n, stride] (row r's first lens[r] entries used), offsets [n] (exclusive prefix
+ * sums of lens) -> out_vals, out_idx [sum lens]: row r's pairs at offsets[r] (embedding_bag's
+ * flat input). */
+void wb_flatten_rows(const float *vals, const int64_t *idx, const int64_t *lens,
+                     const int64_t *offsets, int64_t n, int64_t stride, float *out_vals,
+                     int64_t *out_idx, int n_threads) {
+    if (n <= 0) return;
+    flatten_job job = {vals, idx, lens, offsets, stride, out_vals, out_idx};
     int parts = clamp_threads(n_threads, n);
     int64_t bounds[MAX_THREADS + 1];
     even_bounds(n, parts, bounds);
-    parallel_ranges(pad_range, &job, bounds, parts);
+    parallel_ranges(flatten_range, &job, bounds, parts);
 }

@@ -87,14 +87,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.wb_topk_rows.argtypes = [p, i64, i64, i64, p, i64, i64, p, p, ctypes.c_int]
     lib.wb_topk_rows.restype = ctypes.c_int
-    lib.wb_pair_sums.argtypes = [p, p, p, p, p, i64, i64, i64, i64, p, p, p, ctypes.c_int]
+    lib.wb_pair_sums.argtypes = [p, p, p, p, p, p, i64, i64, i64, i64, p, p, p, ctypes.c_int]
     lib.wb_pair_sums.restype = ctypes.c_int
     lib.wb_topafa_rows.argtypes = [p, p, p, i64, i64, i64, p, p, p, p, ctypes.c_int]
     lib.wb_topafa_rows.restype = ctypes.c_int
-    lib.wb_flatten_rows.argtypes = [p, p, p, p, i64, i64, p, p]
+    lib.wb_flatten_rows.argtypes = [p, p, p, p, i64, i64, p, p, ctypes.c_int]
     lib.wb_flatten_rows.restype = None
-    lib.wb_pad_rows.argtypes = [p, p, p, i64, i64, i64, p, p, ctypes.c_int]
-    lib.wb_pad_rows.restype = None
     return lib
 
 
@@ -144,56 +142,68 @@ def topk_rows(pre: torch.Tensor, k: int, columns: torch.Tensor | None = None
 
 def pair_sums(vals: torch.Tensor, idx: torch.Tensor, G: torch.Tensor, rows: int,
               with_bias: bool = False, W: torch.Tensor | None = None,
-              lengths: torch.Tensor | None = None,
+              lengths: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Over the (token n, latent l = idx[n, j]) pairs of a sparse code vals, idx [n, K]:
     out[l] = sum vals[n, j] * G[n] -> [rows, d] (G [n, d]); bias[l] = sum vals[n, j] -> [rows]
     when with_bias; with W [rows, d] also grad_vals[n, j] = <G[n], W[l]> -> [n, K]. All float32.
     lengths [n] int64 (each <= K): row n has only its first lengths[n] pairs (a ragged code
-    stored padded); the others cost nothing and get grad_vals 0."""
+    stored padded); the others cost nothing and get grad_vals 0. With offsets [n] (and
+    lengths) the code is flat bags instead: vals, idx and grad_vals [nnz], row n's pairs at
+    offsets[n] .. offsets[n] + lengths[n]."""
     vals, idx, G = vals.contiguous(), idx.to(torch.int64).contiguous(), G.contiguous()
     out = torch.empty(rows, G.shape[1], dtype=torch.float32)
     bias = torch.empty(rows, dtype=torch.float32) if with_bias else None
     grad_vals = None
     if W is not None:
         W = W.contiguous()
-        grad_vals = torch.empty_like(vals) if lengths is None else torch.zeros_like(vals)
+        padded = lengths is not None and offsets is None
+        grad_vals = torch.zeros_like(vals) if padded else torch.empty_like(vals)
     if lengths is not None:
         lengths = lengths.to(torch.int64).contiguous()
+    if offsets is not None:
+        if lengths is None:
+            raise ValueError("pair_sums over flat bags needs lengths beside offsets")
+        offsets = offsets.to(torch.int64).contiguous()
+    n, K = (offsets.shape[0], 0) if offsets is not None else idx.shape
     rc = library().wb_pair_sums(  # type: ignore[union-attr]
-        vals.data_ptr(), idx.data_ptr(), _ptr(lengths), G.data_ptr(), _ptr(W), idx.shape[0],
-        idx.shape[1], rows, G.shape[1], out.data_ptr(), _ptr(bias), _ptr(grad_vals),
+        vals.data_ptr(), idx.data_ptr(), _ptr(lengths), _ptr(offsets), G.data_ptr(), _ptr(W),
+        n, K, rows, G.shape[1], out.data_ptr(), _ptr(bias), _ptr(grad_vals),
         torch.get_num_threads())
     if rc != 0:
         raise ValueError(f"latent ids outside [0, {rows})")
     return out, bias, grad_vals
 
 
-def flatten_rows(vals: torch.Tensor, idx: torch.Tensor, lengths: torch.Tensor
+def flatten_rows(vals: torch.Tensor, idx: torch.Tensor, lengths: torch.Tensor,
+                 offsets: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A ragged code stored padded (vals float32, idx int64 [n, K], lengths [n]) -> the flat
-    pairs vals [nnz], idx [nnz] and the bag offsets [n] that F.embedding_bag takes."""
+    pairs vals [nnz], idx [nnz] and the bag offsets [n] that F.embedding_bag takes (computed
+    from lengths unless given)."""
     vals, idx = vals.contiguous(), idx.to(torch.int64).contiguous()
     lengths = lengths.to(torch.int64).contiguous()
-    offsets = torch.cumsum(lengths, 0) - lengths
+    if offsets is None:
+        offsets = torch.cumsum(lengths, 0) - lengths
     nnz = int(lengths.sum())
     flat_vals = torch.empty(nnz, dtype=torch.float32)
     flat_idx = torch.empty(nnz, dtype=torch.int64)
     library().wb_flatten_rows(  # type: ignore[union-attr]
         vals.data_ptr(), idx.data_ptr(), lengths.data_ptr(), offsets.data_ptr(), idx.shape[0],
-        idx.shape[1], flat_vals.data_ptr(), flat_idx.data_ptr())
+        idx.shape[1], flat_vals.data_ptr(), flat_idx.data_ptr(), torch.get_num_threads())
     return flat_vals, flat_idx, offsets
 
 
 def topafa_rows(pre: torch.Tensor, dec_norms: torch.Tensor, z_norm: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """top-AFA's cut of every row of pre [n, L] over the whole dictionary (the full-sort rule of
     sparse_ops.encode.topafa_select, without sorting the rows).
 
     dec_norms [L], z_norm [n] float32. Returns k [n] int64 (the rule's k(x)), lengths [n] int64
-    (the kept latents with a positive activation, <= k), and ids [n, K] int64 (increasing
-    within a row) with their activations vals [n, K] float32 (K = max(lengths); zero past a
-    row's length). Requires usable_rows(pre) and a contiguous pre."""
+    (the kept latents with a positive activation, <= k), offsets [n] int64 (where each row's
+    pairs start: exclusive prefix sums of lengths), and the kept pairs as flat bags: ids [nnz]
+    int64 (increasing within a row) and their activations vals [nnz] float32, nnz =
+    sum(lengths). Requires usable_rows(pre) and a contiguous pre."""
     n, L = pre.shape
     if not pre.is_contiguous():
         raise ValueError("topafa_rows needs a contiguous [n, L] pre-activation matrix")
@@ -208,13 +218,8 @@ def topafa_rows(pre: torch.Tensor, dec_norms: torch.Tensor, z_norm: torch.Tensor
         lengths.data_ptr(), ids_ws.data_ptr(), vals_ws.data_ptr(), torch.get_num_threads())
     if rc != 0:
         raise ValueError(f"native top-AFA cut failed (code {rc})")
-    width = int(lengths.max()) if n else 0
-    ids = torch.empty(n, width, dtype=torch.int64)
-    vals = torch.empty(n, width, dtype=torch.float32)
-    library().wb_pad_rows(  # type: ignore[union-attr]
-        ids_ws.data_ptr(), vals_ws.data_ptr(), lengths.data_ptr(), n, L, width, ids.data_ptr(),
-        vals.data_ptr(), torch.get_num_threads())
-    return k, lengths, ids, vals
+    vals, ids, offsets = flatten_rows(vals_ws, ids_ws, lengths)
+    return k, lengths, offsets, ids, vals
 
 
 # ----------------------------------------------------------------------------------------------

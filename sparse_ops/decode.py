@@ -16,7 +16,9 @@ Ragged codes (top-AFA keeps its own k(x) per token): ``lengths`` [tokens] says t
 only its first lengths[t] pairs; the rest of the [tokens, K] rectangle is padding that adds
 nothing and gets no gradient. The cpu and torch paths then cost the kept pairs only (ragged
 ``embedding_bag`` forward, ``pair_sums`` over each row's length); the triton path zeroes the
-padding and runs the rectangle.
+padding and runs the rectangle. ``offsets`` [tokens] takes the same code as flat bags instead
+(values, indices [nnz], no padding at all: what top-AFA's encode returns), so nothing scales
+with the batch's longest row.
 
 The three sparse primitives below (``gather_sum``, ``gather_dot``, ``segment_sum``) are also the
 building blocks of the fused encoder's backward pass (``sparse_ops/encode.py``); each takes the
@@ -221,6 +223,59 @@ def _pow2_at_most(n: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# flat bags: a ragged code without padding (top-AFA's code)
+#
+# values, indices [nnz]; token t's pairs are values[offsets[t] : offsets[t] + lengths[t]]
+# (offsets [T] ascending from 0, embedding_bag's convention; lengths [T] their counts). The cpu
+# backend runs cpu_native.pair_sums over the bags; elsewhere PyTorch ops (embedding_bag forward,
+# index_add backward) run on any device, so the triton backend takes the torch path here.
+
+
+def bag_lengths(offsets: torch.Tensor, nnz: int) -> torch.Tensor:
+    """Each bag's pair count [T] from its offsets [T] and the total nnz."""
+    ends = torch.cat([offsets[1:], offsets.new_full((1,), nnz)]) if offsets.numel() else offsets
+    return ends - offsets
+
+
+def bag_sum(vals: torch.Tensor, idx: torch.Tensor, offsets: torch.Tensor, W: torch.Tensor,
+            bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """out[t] = sum over token t's pairs of vals * W[idx] (+ bias): [nnz] x [L, D] -> [T, D]."""
+    out = F.embedding_bag(idx, W.float(), offsets, per_sample_weights=vals.float(), mode="sum")
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
+def bag_pair_sums(vals: torch.Tensor, idx: torch.Tensor, offsets: torch.Tensor,
+                  lengths: torch.Tensor, G: torch.Tensor, n_latents: int, backend: str,
+                  with_bias: bool = False, W: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Per latent, the sum over its pairs of vals * G[token] -> out [L, D] fp32 (a weight
+    gradient), with bias [L] = sum of vals per latent when with_bias; with W [L, D] also
+    grad_vals [nnz] = <G[token], W[idx]> (a decode's code gradient). G [T, D]."""
+    if backend == "cpu" and cpu_native.usable(vals, G, W):
+        return cpu_native.pair_sums(vals, idx, G, n_latents, with_bias, W=W, lengths=lengths,
+                                    offsets=offsets)
+    rows = torch.repeat_interleave(torch.arange(G.shape[0], device=G.device), lengths)
+    d = G.shape[1]
+    out = torch.zeros((n_latents, d), device=G.device, dtype=torch.float32)
+    grad_vals = None if W is None else torch.empty(idx.shape[0], device=G.device,
+                                                    dtype=torch.float32)
+    step = max(1, _TORCH_CHUNK_ELEMENTS // max(1, d))
+    for s in range(0, idx.shape[0], step):
+        g = G[rows[s:s + step]].float()
+        i = idx[s:s + step]
+        out.index_add_(0, i, g * vals[s:s + step, None].float())
+        if W is not None:
+            grad_vals[s:s + step] = (g * W[i].float()).sum(1)
+    bias = None
+    if with_bias:
+        bias = torch.zeros(n_latents, device=G.device, dtype=torch.float32)
+        bias.index_add_(0, idx, vals.float())
+    return out, bias, grad_vals
+
+
+# ----------------------------------------------------------------------------------------------
 # autograd
 
 
@@ -258,6 +313,32 @@ class SparseDecodeFunction(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_b = grad_out.float().sum(0).to(W_dec.dtype)
         return grad_values, None, grad_W, grad_b, None, None
+
+
+class BagDecodeFunction(torch.autograd.Function):
+    """Autograd for the decode of flat bags (gradients for values, W_dec and b_dec)."""
+
+    @staticmethod
+    def forward(ctx, values, indices, offsets, lengths, W_dec, b_dec, backend):  # type: ignore[override]
+        ctx.backend = backend
+        ctx.has_bias = b_dec is not None
+        ctx.save_for_backward(values, indices, offsets, lengths, W_dec)
+        return bag_sum(values, indices, offsets, W_dec, b_dec, W_dec.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        values, indices, offsets, lengths, W_dec = ctx.saved_tensors
+        grad_values = grad_W = grad_b = None
+        want_values, want_W = ctx.needs_input_grad[0], ctx.needs_input_grad[4]
+        if want_values or want_W:  # one pass: dL/dW_dec and dL/dvalues from one read of grad_out
+            out, _, gv = bag_pair_sums(values, indices, offsets, lengths, grad_out.contiguous(),
+                                       W_dec.shape[0], ctx.backend,
+                                       W=W_dec if want_values else None)
+            grad_W = out.to(W_dec.dtype) if want_W else None
+            grad_values = gv.to(values.dtype) if want_values else None
+        if ctx.has_bias and ctx.needs_input_grad[5]:
+            grad_b = grad_out.float().sum(0).to(W_dec.dtype)
+        return grad_values, None, None, None, grad_W, grad_b, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,6 +393,25 @@ def check_lengths(lengths: torch.Tensor, values: torch.Tensor) -> None:
                 f"[{low}, {high}]")
 
 
+def check_bags(values: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor) -> None:
+    """Flat bags: values, indices [nnz], offsets [tokens] int64 ascending from 0."""
+    check_tensor("values", values, ndim=1)
+    check_tensor("offsets", offsets, ndim=1, dtypes=(torch.int64,))
+    check_tensor("indices", indices, ndim=1, dtypes=(torch.int64,))
+    check_same_device(values=values, indices=indices, offsets=offsets)
+    require(indices.shape == values.shape,
+            f"indices {tuple(indices.shape)} and values {tuple(values.shape)} must have the same "
+            f"shape [nnz] (flat bags)")
+    nnz = values.shape[0]
+    if offsets.numel():
+        steps = offsets[1:] - offsets[:-1]
+        require(int(offsets[0]) == 0 and bool((steps >= 0).all()) and int(offsets[-1]) <= nnz,
+                f"offsets must rise from 0 to at most nnz={nnz} (each token's first pair, as "
+                f"embedding_bag takes them)")
+    else:
+        require(nnz == 0, f"no offsets (no tokens) but {nnz} pairs")
+
+
 def sparse_decode(
     values: torch.Tensor,
     indices: torch.Tensor,
@@ -319,6 +419,7 @@ def sparse_decode(
     b_dec: torch.Tensor | None,
     backend: str = "auto",
     lengths: torch.Tensor | None = None,
+    offsets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sparse SAE decode ``x_hat[t] = sum_j values[t, j] * W_dec[indices[t, j]] + b_dec``.
 
@@ -330,10 +431,22 @@ def sparse_decode(
         backend: one of sparse_ops.dispatch.BACKENDS ("auto" picks, see there).
         lengths: [tokens] int64 or None: a ragged code, row t holding its first lengths[t]
             pairs (the rest is ignored and gets gradient 0).
+        offsets: [tokens] int64 or None: flat bags instead of a [tokens, k] code (values and
+            indices [nnz], token t's pairs from offsets[t] to the next offset, as
+            F.embedding_bag takes them; top-AFA's code).
 
     Returns:
         x_hat [tokens, d_in] in W_dec's dtype; differentiable w.r.t. values, W_dec and b_dec.
     """
+    if offsets is not None:
+        require(lengths is None, "pass lengths (a padded ragged code) or offsets (flat bags), "
+                                 "not both")
+        check_bags(values, indices, offsets)
+        check_decode_inputs(values[:, None], indices[:, None], W_dec, b_dec)
+        chosen = resolve_backend(backend, W_dec.device)
+        chosen = "cpu" if chosen == "cpu" and cpu_native.usable(values, W_dec, b_dec) else "torch"
+        return BagDecodeFunction.apply(values, indices, offsets,
+                                       bag_lengths(offsets, values.shape[0]), W_dec, b_dec, chosen)
     check_decode_inputs(values, indices, W_dec, b_dec, lengths)
     chosen = resolve_backend(backend, W_dec.device)
     if values.shape[0] == 0:

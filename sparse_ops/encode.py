@@ -28,8 +28,8 @@ Backward (every backend) touches only the selected latents:
 top-AFA (per-token k by norm matching): :func:`topafa_select` cuts a top-K_max candidate set per
 row at its own k(x) (given every latent as candidates it is the full-sort definition of the rule);
 :func:`topafa_encode` returns each token's kept latents as a ragged code (:class:`TopAFACode`,
-stored padded with per-row lengths), so the decode and both backward passes cost each token its
-own k(x), not the batch's largest. On the cpu backend the cut runs natively over the whole
+flat bags with per-token offsets and lengths, no padding), so the decode and both backward passes
+cost each token its own k(x), not the batch's largest. On the cpu backend the cut runs natively over the whole
 dictionary (``cpu_native.topafa_rows``: no candidate width, no redo); elsewhere from a top-K_max
 candidate set, widened and redone until no row keeps all of it.
 """
@@ -41,7 +41,14 @@ from dataclasses import dataclass
 import torch
 
 from sparse_ops import cpu_native
-from sparse_ops.decode import gather_sum, padding_mask, segment_sum, triton_cdiv
+from sparse_ops.decode import (
+    bag_pair_sums,
+    bag_sum,
+    gather_sum,
+    padding_mask,
+    segment_sum,
+    triton_cdiv,
+)
 from sparse_ops.dispatch import (
     check_same_device,
     check_same_dtype,
@@ -235,46 +242,51 @@ class TopKEncodeFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values, _grad_indices):  # type: ignore[override]
-        grad_x, grad_W, grad_b = _encode_backward(ctx, grad_values, None)
+        grad_x, grad_W, grad_b = _encode_backward(ctx, grad_values)
         return grad_x, grad_W, grad_b, None, None, None, None, None, None
 
 
 class EncodeAtFunction(torch.autograd.Function):
-    """values = ReLU pre-activations already read at chosen latents (a ragged code with
-    lengths), differentiable w.r.t. x, W_enc and b_enc like the fused encode: backward touches
-    only each row's first lengths[t] latents."""
+    """values = ReLU pre-activations already read at chosen latents, as flat bags (token t's
+    pairs from offsets[t], lengths[t] of them; every value > 0), differentiable w.r.t. x, W_enc
+    and b_enc like the fused encode: backward touches only the kept pairs."""
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, values, indices, lengths, backend):  # type: ignore[override]
+    def forward(ctx, x, W_enc, b_enc, values, indices, offsets, lengths, backend):  # type: ignore[override]
         ctx.backend = backend
         ctx.has_bias = b_enc is not None
-        ctx.lengths = lengths
-        ctx.save_for_backward(x, W_enc, values, indices)
+        ctx.save_for_backward(x, W_enc, indices, offsets, lengths)
         return values.clone()
 
     @staticmethod
     def backward(ctx, grad_values):  # type: ignore[override]
-        grad_x, grad_W, grad_b = _encode_backward(ctx, grad_values, ctx.lengths)
-        return grad_x, grad_W, grad_b, None, None, None, None
+        x, W_enc, indices, offsets, lengths = ctx.saved_tensors
+        g = grad_values.float().contiguous()  # dL/dpre: every kept value is positive
+        grad_x = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = bag_sum(g, indices, offsets, W_enc, None, x.dtype)
+        want_w = ctx.needs_input_grad[1]
+        want_b = ctx.has_bias and ctx.needs_input_grad[2]
+        if want_w or want_b:
+            out, bias, _ = bag_pair_sums(g, indices, offsets, lengths, x.contiguous(),
+                                         W_enc.shape[0], ctx.backend, with_bias=want_b)
+            grad_W = out.to(W_enc.dtype) if want_w else None
+            grad_b = bias.to(W_enc.dtype) if want_b else None
+        return grad_x, grad_W, grad_b, None, None, None, None, None
 
 
-def _encode_backward(ctx, grad_values, lengths):
+def _encode_backward(ctx, grad_values):
     """dL/dx, dL/dW_enc, dL/db_enc of a sparse encode from dL/dvalues (see the module doc)."""
     x, W_enc, values, indices = ctx.saved_tensors
-    if lengths is None:
-        g = (grad_values.float() * (values > 0)).contiguous()  # dL/dpre at the selected latents
-    else:  # a ragged code keeps positive activations only; the padding is skipped below
-        g = grad_values.float().contiguous()
+    g = (grad_values.float() * (values > 0)).contiguous()  # dL/dpre at the selected latents
     grad_x = grad_W = grad_b = None
     if ctx.needs_input_grad[0]:
-        grad_x = gather_sum(g, indices, W_enc, None, ctx.backend, out_dtype=x.dtype,
-                            lengths=lengths)
+        grad_x = gather_sum(g, indices, W_enc, None, ctx.backend, out_dtype=x.dtype)
     want_w = ctx.needs_input_grad[1]
     want_b = ctx.has_bias and ctx.needs_input_grad[2]
     if want_w or want_b:
         grad_W, grad_b = segment_sum(
-            g, indices, x, W_enc.shape[0], ctx.backend, W_enc.dtype, with_bias=want_b,
-            lengths=lengths)
+            g, indices, x, W_enc.shape[0], ctx.backend, W_enc.dtype, with_bias=want_b)
         grad_W = grad_W if want_w else None
         grad_b = grad_b.to(W_enc.dtype) if want_b else None
     return grad_x, grad_W, grad_b
@@ -422,9 +434,9 @@ def topafa_select(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """top-AFA: cut each row of a top-K_max candidate set at its own k(x).
 
-    s_i = (a_i * ||W_dec,i||)^2 sorted descending, C_j = cumulative sums,
-    k(x) = argmin_j |sqrt(C_j) - ||z||| + 1 (first minimum on ties); the k(x) candidates with the
-    largest s stay, the others become 0. When the candidate set is every latent (K_max ==
+    s_i = (a_i * ||W_dec,i||)^2 sorted descending, C_j = cumulative sums (in float64),
+    k(x) = argmin_j |sqrt(C_j) - ||z||| + 1 (the first minimum: equal C_j tie to the earlier j,
+    see _topafa_cut); the k(x) candidates with the largest s stay, the others become 0. When the candidate set is every latent (K_max ==
     latents) the last C_j is replaced by a large guard value, as in the reference code; with a
     truncated set no guard is applied, so k(x) == K_max signals that K_max may be too small.
 
@@ -460,23 +472,31 @@ def topafa_select(
 
 @dataclass
 class TopAFACode:
-    """Each token's kept latents, a ragged code stored padded.
+    """Each token's kept latents, a ragged code stored as flat bags (no padding).
 
-    values [tokens, K] (>= 0; 0 past a row's length; within a row in increasing latent id on
-    the cpu backend, else by s = (a * ||W_dec,i||)^2 descending), indices [tokens, K] int64,
-    lengths [tokens] int64 (kept latents with a positive activation; K = their maximum),
-    k [tokens] int64 (the rule's k(x);
-    k > lengths only where the cut reached latents with activation 0), width: the candidate set
-    size used (the whole dictionary on the cpu backend), preactivations: the [tokens, latents]
-    pre-activations where the backend computed them (cpu), for AuxK, else None.
+    values [nnz] (> 0), indices [nnz] int64: token t's pairs are values[offsets[t] :
+    offsets[t] + lengths[t]] (within a token in increasing latent id on the cpu backend, else by
+    s = (a * ||W_dec,i||)^2 descending); offsets [tokens] int64 (exclusive prefix sums of
+    lengths, F.embedding_bag's offsets), lengths [tokens] int64 (kept latents with a positive
+    activation), k [tokens] int64 (the rule's k(x); k > lengths only where the cut reached
+    latents with activation 0), width: the candidate set size used (the whole dictionary on the
+    cpu backend), preactivations: the [tokens, latents] pre-activations where the backend
+    computed them (cpu), for AuxK, else None. Decode with
+    ``sparse_decode(values, indices, W_dec, b_dec, offsets=offsets)``.
     """
 
     values: torch.Tensor
     indices: torch.Tensor
+    offsets: torch.Tensor
     lengths: torch.Tensor
     k: torch.Tensor
     width: int
     preactivations: torch.Tensor | None = None
+
+    def rows(self) -> torch.Tensor:
+        """The token of every pair [nnz] int64."""
+        return torch.repeat_interleave(
+            torch.arange(self.lengths.shape[0], device=self.lengths.device), self.lengths)
 
 
 def topafa_encode(
@@ -518,14 +538,17 @@ def topafa_encode(
     if chosen == "cpu":
         pre = cpu_native.dense_preactivations(z.detach(), W_enc.detach(),
                                               None if b_enc is None else b_enc.detach())
-        k, lengths, indices, kept = cpu_native.topafa_rows(pre, dec_norms.detach(), z_norm)
-        values = EncodeAtFunction.apply(z, W_enc, b_enc, kept.to(z.dtype), indices, lengths,
-                                        chosen)
-        return TopAFACode(values, indices, lengths, k, n_latents, pre)
+        k, lengths, offsets, indices, kept = cpu_native.topafa_rows(pre, dec_norms.detach(),
+                                                                    z_norm)
+        values = EncodeAtFunction.apply(z, W_enc, b_enc, kept.to(z.dtype), indices, offsets,
+                                        lengths, chosen)
+        return TopAFACode(values, indices, offsets, lengths, k, n_latents, pre)
     width = min(width, n_latents)
     values, indices, lengths, k = _topafa_candidates(z, W_enc, b_enc, dec_norms, z_norm, width,
                                                      chosen)
-    return TopAFACode(values, indices, lengths, k, width, None)
+    keep = padding_mask(lengths, values.shape[1])  # the padded rows as flat bags
+    return TopAFACode(values[keep], indices[keep], torch.cumsum(lengths, 0) - lengths, lengths,
+                      k, width, None)
 
 
 def _topafa_candidates(z, W_enc, b_enc, dec_norms, z_norm, width, backend):
@@ -568,20 +591,46 @@ def _pad_cols(t: torch.Tensor, cols: int) -> torch.Tensor:
 def _topafa_cut(values: torch.Tensor, indices: torch.Tensor, dec_norms: torch.Tensor,
                 z_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rule on a candidate set (no autograd): k per row [tokens] and the candidates' kept
-    order [tokens, K_max] (s descending, ties to the earlier candidate)."""
+    order [tokens, K_max] (s descending, ties to the earlier candidate).
+
+    The first argmin of |sqrt(C_j) - ||z||| is found exactly rather than by comparing every gap:
+    C (float64 cumulative sums) only grows, so the minimum sits where C first reaches ||z||^2
+    or just before (the first of a run of equal C); a guard C_L wins only when strictly closer.
+    Comparing all gaps would let the last bit of sqrt decide between positions whose C differ
+    by less than a rounding step, and sqrt's last bit differs between libraries (torch's CPU
+    sqrt is not correctly rounded): this way cpu_native's cut agrees exactly."""
     with torch.no_grad():
         scaled = (values.float() * dec_norms.float()[indices.long()]) ** 2
         s_sorted, order = torch.sort(scaled, dim=1, descending=True, stable=True)
-        cumulative = torch.cumsum(s_sorted, dim=1)
-        if values.shape[1] == dec_norms.shape[0]:
-            cumulative[:, -1] = 1e8
-        gap = (cumulative.sqrt() - z_norm.float()[:, None]).abs()
-        return gap.argmin(dim=1) + 1, order
+        cumulative = torch.cumsum(s_sorted.double(), dim=1)
+        z = z_norm.double()[:, None]
+        n, width = cumulative.shape
+        if width < dec_norms.shape[0]:  # a truncated candidate set: no guard
+            return _first_argmin_gap(cumulative, z)[0] + 1, order
+        if width == 1:
+            return torch.ones(n, dtype=torch.int64, device=values.device), order
+        k0, best = _first_argmin_gap(cumulative[:, :-1], z)
+        guard_closer = (z[:, 0] - 1e4).abs() < best  # C_L replaced by 1e8
+        return torch.where(guard_closer, width - 1, k0) + 1, order
+
+
+def _first_argmin_gap(cumulative: torch.Tensor, z: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """First argmin over j of |sqrt(C_j) - z| for non-decreasing rows C [n, K] and z [n, 1]
+    (float64) -> (j [n] int64, the gap there [n])."""
+    width = cumulative.shape[1]
+    n_below = (cumulative < z * z).sum(dim=1, keepdim=True)  # the first j with C_j >= z^2
+    c_a = cumulative.gather(1, (n_below - 1).clamp(min=0))
+    c_b = cumulative.gather(1, n_below.clamp(max=width - 1))
+    gap_a, gap_b = z - c_a.sqrt(), c_b.sqrt() - z
+    take_a = (n_below == width) | ((n_below > 0) & (gap_a <= gap_b))
+    value = torch.where(take_a, c_a, c_b)
+    first = (cumulative < value).sum(dim=1)  # the first j of value's run of equal C
+    return first, torch.where(take_a, gap_a, gap_b)[:, 0]
 
 
 def topafa_dense(code: TopAFACode, n_latents: int) -> torch.Tensor:
-    """A TopAFACode as dense activations [tokens, latents] (zeros elsewhere; no autograd
-    beyond the scatter): for tests and small inputs."""
-    dense = code.values.new_zeros((code.values.shape[0], n_latents))
-    keep = padding_mask(code.lengths, code.values.shape[1])
-    return dense.scatter_add(1, code.indices, code.values * keep.to(code.values.dtype))
+    """A TopAFACode as dense activations [tokens, latents] (zeros elsewhere): for tests and
+    small inputs."""
+    dense = code.values.new_zeros((code.lengths.shape[0], n_latents))
+    return dense.index_put((code.rows(), code.indices), code.values, accumulate=True)

@@ -12,6 +12,7 @@ import torch
 import sparse_ops
 from sparse_ops import SparseOpsInputError, cpu_native, topk_encode, topk_encode_reference
 from sparse_ops.testing import test_device, tolerance, triton_backends
+from sparse_ops.decode import padding_mask
 
 DEVICE = test_device()
 BACKENDS = triton_backends()
@@ -219,7 +220,9 @@ def test_topafa_encode_keeps_what_the_full_sort_keeps(backend):
     want, want_k = topafa_dense_reference(acts, dec_norms, z.norm(dim=1))
     assert torch.equal(code.k, want_k)
     torch.testing.assert_close(sparse_ops.topafa_dense(code, 40), want)
-    assert code.values.shape[1] == int(code.lengths.max())  # compact: the batch's largest kept
+    # flat bags: exactly the kept pairs, no padding
+    assert code.values.shape == code.indices.shape == (int(code.lengths.sum()),)
+    assert torch.equal(code.offsets, torch.cumsum(code.lengths, 0) - code.lengths)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,6 +236,11 @@ def _full_sort_kept(pre: torch.Tensor, dec_norms: torch.Tensor, z_norm: torch.Te
     return sparse_ops.topafa_select(acts, ids, dec_norms, z_norm)
 
 
+def _dense_from_bags(shape, lengths, ids, vals) -> torch.Tensor:
+    rows = torch.repeat_interleave(torch.arange(shape[0]), lengths)
+    return torch.zeros(shape).index_put_((rows, ids), vals, accumulate=True)
+
+
 def _adversarial_rows(latents: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(11)
     pre = torch.randint(-2, 3, (40, latents), generator=g).float()  # ties everywhere
@@ -243,6 +251,11 @@ def _adversarial_rows(latents: int) -> tuple[torch.Tensor, torch.Tensor]:
     pre[3], z_norm[3] = 1.0, 1e4               # every latent tied, k(x) = the whole dictionary
     z_norm[4] = 0.0                            # zero input norm
     z_norm[5] = float(latents) ** 0.5          # exactly reachable
+    pre[6], z_norm[6] = 1.0, 100.5 ** 0.5      # the crossing inside one bucket of equal scores
+    pre[7] = 1.0 + torch.arange(latents) % 3 * 1e-3  # three close levels, one score bin
+    z_norm[7] = 150.0 ** 0.5
+    pre[8] = torch.rand(latents, generator=g) * 1e-3  # a bucket of tiny scores under a big one
+    pre[8, 5], z_norm[8] = 30.0, 30.0000001
     return pre.contiguous(), z_norm
 
 
@@ -260,10 +273,10 @@ def test_native_topafa_cut_equals_the_full_sort(case):
         pre, z_norm = (z @ W.T).contiguous(), z.norm(dim=1)
         if case == "scaled norms":
             dec_norms = torch.rand(latents, generator=g) + 0.5
-    k, lengths, ids, vals = cpu_native.topafa_rows(pre, dec_norms, z_norm)
+    k, lengths, offsets, ids, vals = cpu_native.topafa_rows(pre, dec_norms, z_norm)
     want, want_k = _full_sort_kept(pre, dec_norms, z_norm)
     assert torch.equal(k, want_k)
-    got = torch.zeros_like(pre).scatter_add_(1, ids, vals)
+    got = _dense_from_bags(pre.shape, lengths, ids, vals)
     assert torch.equal(got > 0, want > 0)  # the same latents, ties broken the same way
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert torch.equal(lengths, (want > 0).sum(dim=1))
@@ -280,11 +293,33 @@ def test_native_topafa_cut_on_the_default_lab_shape():
     W = torch.nn.functional.normalize(torch.randn(latents, d, generator=g), dim=1)
     z = torch.randn(512, d, generator=g) * (0.2 + 3 * torch.rand(512, 1, generator=g))
     pre = (z @ W.T).contiguous()
-    k, _, ids, vals = cpu_native.topafa_rows(pre, torch.ones(latents), z.norm(dim=1))
+    k, lengths, offsets, ids, vals = cpu_native.topafa_rows(pre, torch.ones(latents),
+                                                            z.norm(dim=1))
     want, want_k = _full_sort_kept(pre, torch.ones(latents), z.norm(dim=1))
     assert torch.equal(k, want_k)
-    torch.testing.assert_close(torch.zeros_like(pre).scatter_add_(1, ids, vals), want,
+    torch.testing.assert_close(_dense_from_bags(pre.shape, lengths, ids, vals), want,
                                rtol=0, atol=0)
+    assert torch.equal(offsets, torch.cumsum(lengths, 0) - lengths)
+    for t in (0, 17, 511):  # increasing latent ids within each token's bag
+        bag = ids[int(offsets[t]):int(offsets[t] + lengths[t])]
+        assert bool((bag[1:] > bag[:-1]).all())
+
+
+@pytest.mark.skipif(not cpu_native.available(), reason="no C compiler for the native kernels")
+def test_native_topafa_cut_on_rows_with_long_tails_of_tiny_scores():
+    # like a trained top-AFA SAE: hundreds of positive latents, most of them tiny, and ||z||
+    # beyond or near their total, so the cut lands where adding a score barely moves C
+    # (float32 sums stop moving there, and the last bit of sqrt would decide)
+    g = torch.Generator().manual_seed(21)
+    latents = 2048
+    scale = torch.exp(-12 * torch.rand(1024, latents, generator=g))  # 1 .. 6e-6
+    pre = torch.where(torch.rand(1024, latents, generator=g) < 0.25, scale, -scale).contiguous()
+    total = (torch.relu(pre) ** 2).sum(dim=1).sqrt()
+    z_norm = total * (0.9 + 0.2 * torch.rand(1024, generator=g))
+    k, lengths, offsets, ids, vals = cpu_native.topafa_rows(pre, torch.ones(latents), z_norm)
+    want, want_k = _full_sort_kept(pre, torch.ones(latents), z_norm)
+    assert torch.equal(k, want_k)
+    assert torch.equal(_dense_from_bags(pre.shape, lengths, ids, vals), want)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -297,8 +332,7 @@ def test_ragged_decode_and_encode_gradients_match_the_dense_code(backend):
     z = z.clone().requires_grad_(True)
     code = sparse_ops.topafa_encode(z, W_enc, None, dec_norms, backend=backend)
     x_hat = sparse_ops.sparse_decode(code.values, code.indices, W_dec, None, backend=backend,
-                                     lengths=code.lengths)
-    # values.sum(): a gradient of 1 on every slot, padding included, which must not leak
+                                     offsets=code.offsets)
     loss = (x_hat - 1.0).pow(2).sum() + code.values.pow(2).sum() + code.values.sum()
     grads = torch.autograd.grad(loss, (z, W_enc, W_dec))
     # the same kept set as a dense masked code through plain autograd
@@ -310,6 +344,40 @@ def test_ragged_decode_and_encode_gradients_match_the_dense_code(backend):
     want = torch.autograd.grad(loss2, (z2, W_enc2, W_dec2))
     for got, expected in zip(grads, want):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flat_bag_decode_equals_the_padded_code_and_validates(backend):
+    # tokens with 2, 0 and 3 pairs: the same code padded (lengths) and as flat bags (offsets)
+    g = torch.Generator().manual_seed(4)
+    W = torch.randn(6, 5, generator=g).to(DEVICE)
+    b = torch.randn(5, generator=g).to(DEVICE)
+    padded = torch.rand(3, 3, generator=g).to(DEVICE)
+    ids = torch.tensor([[0, 5, 0], [0, 0, 0], [2, 5, 1]], device=DEVICE)
+    lengths = torch.tensor([2, 0, 3], device=DEVICE)
+    keep = padding_mask(lengths, 3)
+    flat = padded[keep].clone()
+    outs, grads = [], []
+    for vals, kw in ((padded, {"lengths": lengths}),
+                     (flat, {"offsets": torch.tensor([0, 2, 2], device=DEVICE)})):
+        vals = vals.clone().requires_grad_(True)
+        Wd, bd = W.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        idx = ids if vals.dim() == 2 else ids[keep]
+        out = sparse_ops.sparse_decode(vals, idx, Wd, bd, backend=backend, **kw)
+        gv, gW, gb = torch.autograd.grad((out * out.detach().cos()).sum(), (vals, Wd, bd))
+        outs.append(out)
+        grads.append((gv if gv.dim() == 1 else gv[keep], gW, gb))
+    torch.testing.assert_close(outs[0], outs[1])
+    assert outs[1][1].tolist() == pytest.approx(b.tolist())  # an empty bag decodes to b_dec
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(SparseOpsInputError, match="offsets must rise from 0"):
+        sparse_ops.sparse_decode(flat, ids[keep], W, b, offsets=torch.tensor([0, 3, 2], device=DEVICE))
+    with pytest.raises(SparseOpsInputError, match="not both"):
+        sparse_ops.sparse_decode(flat, ids[keep], W, b, lengths=lengths,
+                                 offsets=torch.tensor([0, 2, 2], device=DEVICE))
+    with pytest.raises(SparseOpsInputError, match="6 latents"):
+        sparse_ops.sparse_decode(flat, ids[keep] + 3, W, b, offsets=torch.tensor([0, 2, 2], device=DEVICE))
 
 
 def test_decode_lengths_ignore_padding_and_validate():

@@ -228,7 +228,9 @@ class SparseCode:
     """values [n, K] (>= 0, zeros = inactive) at latents indices [n, K] int64.
 
     lengths: [n] int64 for a ragged code (row t holds its first lengths[t] pairs, the rest is
-    zero padding that sparse_ops skips), or None; preactivations: what the encode computed
+    zero padding that sparse_ops skips), or None; offsets: [n] int64 when the ragged code is
+    flat bags instead (values, indices [nnz], token t's pairs from offsets[t]; top-AFA), or
+    None; preactivations: what the encode computed
     densely without autograd and AuxK reuses (the [n, L] pre-activations on the cpu backend,
     the structured SAE's group logits), or None; scale: AuxK's weight for an aux code; stats:
     arch-specific numbers for the log.
@@ -240,6 +242,7 @@ class SparseCode:
     lengths: torch.Tensor | None = None
     scale: float = 1.0
     stats: dict[str, float] = field(default_factory=dict)
+    offsets: torch.Tensor | None = None
 
 
 class SparseCodeSAE(TrainableSAE):
@@ -266,6 +269,8 @@ class SparseCodeSAE(TrainableSAE):
     def fired_units(self, code: SparseCode) -> tuple[torch.Tensor, torch.Tensor]:
         """(how often each unit fired in the batch [n_units] int64, active pairs [])."""
         ids = self.unit_of(code.indices.reshape(-1))
+        if code.offsets is not None:  # flat bags: every pair is active
+            return torch.bincount(ids, minlength=self.n_units), code.lengths.sum()
         if code.lengths is not None:
             # a ragged code: every kept pair is active and the padding holds latent 0, value 0
             fired = torch.bincount(ids, minlength=self.n_units)
@@ -288,6 +293,9 @@ class SparseCodeSAE(TrainableSAE):
         return SparseCode(values, indices, scale=min(ids.numel() / k_aux, 1.0))
 
     def decode(self, code: SparseCode) -> torch.Tensor:
+        if code.offsets is not None:
+            return sparse_ops.sparse_decode(code.values, code.indices, self.W_dec, self.b_dec,
+                                            self.backend, offsets=code.offsets)
         return sparse_ops.sparse_decode(code.values, code.indices, self.W_dec, self.b_dec,
                                         self.backend, lengths=code.lengths)
 
@@ -413,8 +421,8 @@ class BatchTopKTrainable(SparseCodeSAE):
 class TopAFATrainable(SparseCodeSAE):
     """top-AFA: per-token k(x) by norm matching, plus the AFA loss (see saes.topafa).
 
-    sparse_ops.topafa_encode (no encoder bias) returns each token's kept latents as a ragged
-    code, so decode and backward cost each token its own k(x). On the cpu backend the cut is
+    sparse_ops.topafa_encode (no encoder bias) returns each token's kept latents as flat bags
+    (no padding), so decode and backward cost each token its own k(x). On the cpu backend the cut is
     exact over the whole dictionary; elsewhere it starts from the top `width` candidates (twice
     the last batch's 99th-percentile k(x)) and redoes only the rows that keep all of them.
     """
@@ -435,11 +443,12 @@ class TopAFATrainable(SparseCodeSAE):
         high = float(torch.quantile(code.k.float(), 0.99)) if code.k.numel() else 1.0
         self.width.fill_(min(self.cfg.latents, max(64, _next_pow2(int(2 * high)))))
         return SparseCode(code.values, code.indices, code.preactivations, code.lengths,
-                          stats={"k_max": float(largest)})
+                          stats={"k_max": float(largest)}, offsets=code.offsets)
 
     def extra_terms(self, x: torch.Tensor, code: SparseCode, ctx: LossContext
                     ) -> dict[str, torch.Tensor]:
-        f_norm = code.values.pow(2).sum(dim=1).clamp_min(1e-30).sqrt()
+        f_sq = torch.segment_reduce(code.values.pow(2), "sum", lengths=code.lengths)
+        f_norm = f_sq.clamp_min(1e-30).sqrt()
         gap = (f_norm - x.norm(dim=1)).pow(2).sum()
         return {"afa": self.cfg.afa_lambda * self.d_in * gap / ctx.variance}
 

@@ -45,7 +45,8 @@ MIN_FIRES = 10
 _CHUNK = 4096
 UNITS_FILE = "units.parquet"  # per table row and unit: its best cell (`UnitCells.to_frame`)
 ROUTER_KEYS = ("router_l0_r", "router_l0_r_per_layer", "expert_load", "dead_experts",
-               "router_pairs")
+               "router_pairs", "router_games")
+ROUTER_GAMES = 64  # test games the router score, expert load and dead experts are measured on
 
 
 @dataclass
@@ -262,6 +263,7 @@ def router_score_l0(model: HookedTransformer, tokens: torch.Tensor,
         router_l0_r_per_layer  [n_moe_layers] r
         expert_load            [n_moe_layers][n_experts] share of the (token, slot) assignments
         dead_experts           experts (over all layers) that no token chose
+        router_games           rows of `tokens` (games) they were measured on
         router_pairs           per layer {"layer", "expert", "score", "l0"}: a seeded random
                                sample of at most `max_pairs` of the (token, expert) pairs that r
                                is computed from (for the score-vs-L0 scatter)
@@ -293,7 +295,8 @@ def router_score_l0(model: HookedTransformer, tokens: torch.Tensor,
                       "score": score.flatten()[pick].tolist(),
                       "l0": fired.flatten()[pick].tolist()})
     return {"router_l0_r": float(np.mean(rs)), "router_l0_r_per_layer": rs,
-            "expert_load": loads, "dead_experts": dead, "router_pairs": pairs}
+            "expert_load": loads, "dead_experts": dead, "router_pairs": pairs,
+            "router_games": int(tokens.shape[0])}
 
 
 def sae_features(sae, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
@@ -360,7 +363,7 @@ def evaluate_chess_table(lab: Lab, dataset: str, rows: list[TableRow], layer: in
             test = collect_board_features(model, lab, dataset, "test", [hidden, resid], max_games)
             probe = board_probe_accuracy(fit.acts[resid], fit.boards, test.acts[resid],
                                          test.boards, probe_squares)
-            games = load_games(lab, dataset, "test").text.tolist()[:64]
+            games = load_games(lab, dataset, "test").text.tolist()[:ROUTER_GAMES]
             router = router_score_l0(model, encode_games(model.tokenizer, games, model.cfg.n_ctx))
             cache[row.model] = (fit, test, probe, router, model)
         fit, test, probe, router, model = cache[row.model]

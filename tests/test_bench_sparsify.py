@@ -187,3 +187,24 @@ def test_live_windows_reach_the_budget_in_whole_batches_and_repeat_a_short_corpu
     torch.testing.assert_close(long[:10], windows)
     second = long[10:20, 1].tolist()
     assert sorted(second) == list(range(10, 20)) and second != list(range(10, 20))
+
+
+def test_json_output_is_json_alone(monkeypatch, tmp_path):
+    # progress goes to stderr with --json, so `bench sae-train --json | jq` works
+    import json
+
+    from typer.testing import CliRunner
+
+    import saes.bench_train
+    from app.cli import app
+
+    def fake_benchmark(lab, cfg, echo):
+        echo("[cache] training with ours ...")
+        return {"runs": [], "tokens": cfg.tokens}
+
+    monkeypatch.setattr(saes.bench_train, "run_benchmark", fake_benchmark)
+    result = CliRunner().invoke(app, ["--lab", str(tmp_path / "lab"), "bench", "sae-train",
+                                      "--tokens", "4096", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"runs": [], "tokens": 4096}
+    assert "training with ours" in result.stderr

@@ -104,6 +104,7 @@ def test_router_pairs_and_expert_load():
     tokens = torch.randint(0, 20, (3, 12), generator=torch.Generator().manual_seed(0))
     full = router_score_l0(model, tokens, max_pairs=10_000)
     assert len(full["router_pairs"]) == 2 and len(full["expert_load"]) == 2
+    assert full["router_games"] == 3  # what the page's dead-experts caption names
     for layer, pairs, load, r in zip((0, 1), full["router_pairs"], full["expert_load"],
                                      full["router_l0_r_per_layer"]):
         assert pairs["layer"] == layer and len(pairs["score"]) == 3 * 12 * 4

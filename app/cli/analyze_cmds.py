@@ -214,7 +214,7 @@ def bench_cmd(
     cfg = BenchConfig(model=model, corpus=corpus, tokens=tokens,
                       memory_tokens=tuple(int(t) for t in memory_tokens.split(",") if t.strip()),
                       parts=tuple(p.strip() for p in only.split(",") if p.strip()))
-    report = run_bench(get_lab(), cfg, echo=typer.echo)
+    report = run_bench(get_lab(), cfg, echo=lambda m: typer.echo(m, err=as_json))
     if as_json:
         echo_json(report)
     else:

@@ -52,7 +52,7 @@ def sae_train(
     cfg = BenchTrainConfig(tokens=tokens, modes=tuple(chosen), model=model, corpus=corpus,
                            latents=latents, k=k, batch_size=batch_size, eval_tokens=eval_tokens,
                            threads=threads, baselines=_items(vs), sae_lens_lrs=_items(sae_lens_lr))
-    report = run_benchmark(get_lab(), cfg, echo=typer.echo)
+    report = run_benchmark(get_lab(), cfg, echo=lambda m: typer.echo(m, err=as_json))
     if as_json:
         echo_json(report)
     else:

@@ -109,7 +109,10 @@ def load_figure(records: list[dict]) -> go.Figure:
     fig.add_hline(y=1 / n_experts, line_dash="dot", line_color="gray",
                   annotation_text="balanced", annotation_position="top right")
     fig.update_layout(barmode="group")
-    return common.style(fig, 380, "expert", "share of (token, slot) assignments")
+    fig = common.style(fig, 380 + 22 * len(fig.data) // 2, "expert",
+                       "share of (token, slot) assignments")
+    fig.update_layout(legend={"y": -0.3, "yanchor": "top"})  # below the axis title
+    return fig
 
 
 def curves_figure(records: list[dict], key: str, thresholds: list[float],
@@ -205,7 +208,9 @@ def router_section(table: ChessTable) -> None:
         if with_load:
             common.chart(load_figure(with_load), key="load")
             dead = {r["variant"]: r["dead_experts"] for r in moe}
-            st.caption("Dead experts (chosen by no token of 64 test games): " +
+            games = with_load[0].get("router_games")
+            where = f"{games} test games" if games else "the test games scored"
+            st.caption(f"Dead experts (chosen by no token of {where}): " +
                        ", ".join(f"{k} {v}" for k, v in dead.items()))
         else:
             st.caption("No expert load in this table." if not moe else

@@ -136,6 +136,20 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(lab):
     assert [row[0] for row in history["train"]] == [2, 4, 6, 8, 10, 12]
 
 
+def test_two_runs_with_two_threads_give_the_same_weights(lab):
+    # the same command twice: bit for bit the same model, also with parallel CPU kernels
+    cfg = _cfg(lab)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for name in ("twin-a", "twin-b"):
+            train_lm(lab, name, "corpus", "tok", cfg, _quick(steps=6), progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(_params(lab, "twin-a"), _params(lab, "twin-b"))
+    assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is back
+
+
 def test_resume_check_detects_a_lost_data_position(lab, monkeypatch):
     """Negative control: a resume that forgets where the data stream was ends elsewhere."""
     from workbench.models.token_data import SequenceSampler

@@ -22,6 +22,7 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,24 @@ class _Progress:
         return prog
 
 
+@contextmanager
+def deterministic_kernels():
+    """torch's deterministic kernels while training, the caller's setting restored after.
+
+    With more than one CPU thread the embedding's backward (index_put_ with accumulate) sums in
+    a thread-dependent order, so the same command gave a different model each time (weights
+    apart by ~1e-3 after 10 steps); deterministic mode sorts first, at no measured cost here.
+    warn_only: an op with no deterministic version warns instead of failing."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+@deterministic_kernels()
 def train_lm(
     lab: Lab,
     name: str,

@@ -444,11 +444,16 @@ static inline float key_score(uint64_t key) {
 }
 static inline int64_t key_id(uint64_t key) { return (int64_t)(0xFFFFFFFFu - (uint32_t)key); }
 
+/* The median of a[0], a[n / 2] and a[n - 1] (distinct keys for n >= 3: a strict split). */
+static inline uint64_t median3_key(const uint64_t *a, int64_t n) {
+    uint64_t x = a[0], y = a[n / 2], z = a[n - 1];
+    return (x > y) ? ((y > z) ? y : ((x > z) ? z : x)) : ((x > z) ? x : ((y > z) ? z : y));
+}
+
 /* Sort keys descending: quicksort (median of three) down to runs of 16, then insertion. */
 static void sort_keys_desc(uint64_t *a, int64_t n) {
     while (n > 16) {
-        uint64_t x = a[0], y = a[n / 2], z = a[n - 1];
-        uint64_t p = (x > y) ? ((y > z) ? y : ((x > z) ? z : x)) : ((x > z) ? x : ((y > z) ? z : y));
+        uint64_t p = median3_key(a, n);
         int64_t i = 0, j = n - 1;
         for (;;) {
             while (a[i] > p) i++;
@@ -550,26 +555,26 @@ typedef struct {
     float sum[(SCORE_WINDOW + 1) * SCORE_BANKS]; /* slot b, bank q at b * SCORE_BANKS + q */
 } score_bins;
 
+/* A score's slot: its bin (the top bits of a positive float) - base + 1, or 0 for every score
+ * below the window (zeros included). */
+static inline int score_slot(float s, int base) {
+    uint32_t bits;
+    memcpy(&bits, &s, sizeof bits);
+    int slot = (int)((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) - base + 1;
+    return slot > 0 ? slot : 0;
+}
+
 /* The collected scores as keys in front[0:c->n], bucketed by slot (a higher slot holds only
  * larger scores; bucket q, q = 0 the top slot, at start[q] .. start[q + 1]), unsorted within. */
 static void bucket_by_slot(const candidates *c, uint64_t *front, int base, int top_slot,
                            int64_t *start) {
     memset(start, 0, (size_t)(top_slot + 2) * sizeof(int64_t));
-    for (int64_t i = 0; i < c->n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &c->v[i], sizeof bits);
-        int slot = (int)((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) - base + 1;
-        start[top_slot - (slot > 0 ? slot : 0) + 1]++;
-    }
+    for (int64_t i = 0; i < c->n; i++) start[top_slot - score_slot(c->v[i], base) + 1]++;
     for (int q = 1; q <= top_slot + 1; q++) start[q] += start[q - 1];
     int64_t fill[SCORE_WINDOW + 2];
     memcpy(fill, start, (size_t)(top_slot + 2) * sizeof(int64_t));
-    for (int64_t i = 0; i < c->n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &c->v[i], sizeof bits);
-        int slot = (int)((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) - base + 1;
-        front[fill[top_slot - (slot > 0 ? slot : 0)]++] = score_key(c->v[i], c->id[i]);
-    }
+    for (int64_t i = 0; i < c->n; i++)
+        front[fill[top_slot - score_slot(c->v[i], base)]++] = score_key(c->v[i], c->id[i]);
 }
 
 /* Collected sets up to this size have exact double sums in any order: their scores lie within
@@ -601,9 +606,7 @@ static int64_t cut_in_one_bucket(uint64_t *front, const int64_t *start, int top_
          * above it to the front), keep the half where C reaches ||z||^2, adding the
          * upper half's sum when the crossing lies below it; then sort only that run */
         while (b1 - b0 > 32) {
-            uint64_t x = front[b0], y = front[b0 + (b1 - b0) / 2], z = front[b1 - 1];
-            uint64_t p = (x > y) ? ((y > z) ? y : ((x > z) ? z : x))
-                                 : ((x > z) ? x : ((y > z) ? z : y));
+            uint64_t p = median3_key(front + b0, b1 - b0);
             int64_t mid = b0;
             double upper = 0.0;
             for (int64_t i = b0; i < b1; i++)
@@ -685,19 +688,9 @@ static int64_t topafa_row(const float *row, const float *norms, int64_t L, float
     memset(bins->sum, 0, (size_t)(top_slot + 1) * SCORE_BANKS * sizeof(float));
     int64_t l = 0;
     for (; l + SCORE_BANKS <= L; l += SCORE_BANKS)
-        for (int q = 0; q < SCORE_BANKS; q++) {
-            uint32_t bits;
-            memcpy(&bits, &s[l + q], sizeof bits);
-            int slot = (int)((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) - base + 1;
-            slot = slot > 0 ? slot : 0;
-            bins->sum[slot * SCORE_BANKS + q] += s[l + q];
-        }
-    for (; l < L; l++) {
-        uint32_t bits;
-        memcpy(&bits, &s[l], sizeof bits);
-        int slot = (int)((bits >> SCORE_BIN_SHIFT) & (SCORE_BINS - 1)) - base + 1;
-        bins->sum[(slot > 0 ? slot : 0) * SCORE_BANKS] += s[l];
-    }
+        for (int q = 0; q < SCORE_BANKS; q++)
+            bins->sum[score_slot(s[l + q], base) * SCORE_BANKS + q] += s[l + q];
+    for (; l < L; l++) bins->sum[score_slot(s[l], base) * SCORE_BANKS] += s[l];
     int b = top_slot;
     double target = (double)zn * (double)zn, acc = 0.0;
     for (; b >= lo; b--) { /* b < lo at the end: ||z|| out of reach (or NaN): every score */
@@ -725,7 +718,6 @@ static int64_t topafa_row(const float *row, const float *norms, int64_t L, float
                     sort_keys_desc(front + start[q], start[q + 1] - start[q]);
         }
         if (k < 0) k = topafa_cut(front, c->n, L, zn, all_in); /* the rule over the sorted front */
-        if (all_in && k < 1) k = 1; /* a NaN norm: no gap compares (torch's argmin: 0) */
         if (all_in || (k > 0 && k <= c->n)) {
             *n_front = c->n;
             return k;

@@ -175,16 +175,13 @@ def pair_sums(vals: torch.Tensor, idx: torch.Tensor, G: torch.Tensor, rows: int,
     return out, bias, grad_vals
 
 
-def flatten_rows(vals: torch.Tensor, idx: torch.Tensor, lengths: torch.Tensor,
-                 offsets: torch.Tensor | None = None,
+def flatten_rows(vals: torch.Tensor, idx: torch.Tensor, lengths: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A ragged code stored padded (vals float32, idx int64 [n, K], lengths [n]) -> the flat
-    pairs vals [nnz], idx [nnz] and the bag offsets [n] that F.embedding_bag takes (computed
-    from lengths unless given)."""
+    pairs vals [nnz], idx [nnz] and the bag offsets [n] that F.embedding_bag takes."""
     vals, idx = vals.contiguous(), idx.to(torch.int64).contiguous()
     lengths = lengths.to(torch.int64).contiguous()
-    if offsets is None:
-        offsets = torch.cumsum(lengths, 0) - lengths
+    offsets = torch.cumsum(lengths, 0) - lengths
     nnz = int(lengths.sum())
     flat_vals = torch.empty(nnz, dtype=torch.float32)
     flat_idx = torch.empty(nnz, dtype=torch.int64)

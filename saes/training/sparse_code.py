@@ -227,13 +227,11 @@ def build_sae_lens(
 class SparseCode:
     """values [n, K] (>= 0, zeros = inactive) at latents indices [n, K] int64.
 
-    lengths: [n] int64 for a ragged code (row t holds its first lengths[t] pairs, the rest is
-    zero padding that sparse_ops skips), or None; offsets: [n] int64 when the ragged code is
-    flat bags instead (values, indices [nnz], token t's pairs from offsets[t]; top-AFA), or
-    None; preactivations: what the encode computed
-    densely without autograd and AuxK reuses (the [n, L] pre-activations on the cpu backend,
-    the structured SAE's group logits), or None; scale: AuxK's weight for an aux code; stats:
-    arch-specific numbers for the log.
+    offsets, lengths: [n] int64 each for a ragged code stored as flat bags (top-AFA): values
+    and indices are then [nnz], token t's lengths[t] pairs starting at offsets[t]; else None.
+    preactivations: what the encode computed densely without autograd and AuxK reuses (the
+    [n, L] pre-activations on the cpu backend, the structured SAE's group logits), or None;
+    scale: AuxK's weight for an aux code; stats: arch-specific numbers for the log.
     """
 
     values: torch.Tensor
@@ -271,13 +269,6 @@ class SparseCodeSAE(TrainableSAE):
         ids = self.unit_of(code.indices.reshape(-1))
         if code.offsets is not None:  # flat bags: every pair is active
             return torch.bincount(ids, minlength=self.n_units), code.lengths.sum()
-        if code.lengths is not None:
-            # a ragged code: every kept pair is active and the padding holds latent 0, value 0
-            fired = torch.bincount(ids, minlength=self.n_units)
-            n_active = code.lengths.sum()
-            padding = code.indices.numel() - n_active
-            fired[self.unit_of(torch.zeros(1, dtype=torch.int64, device=ids.device))] -= padding
-            return fired, n_active
         active = code.values.detach().reshape(-1) > 0
         # weighted count over the whole rectangle: no boolean gather of the active pairs
         fired = torch.bincount(ids, weights=active.to(torch.float32), minlength=self.n_units)
@@ -293,11 +284,8 @@ class SparseCodeSAE(TrainableSAE):
         return SparseCode(values, indices, scale=min(ids.numel() / k_aux, 1.0))
 
     def decode(self, code: SparseCode) -> torch.Tensor:
-        if code.offsets is not None:
-            return sparse_ops.sparse_decode(code.values, code.indices, self.W_dec, self.b_dec,
-                                            self.backend, offsets=code.offsets)
         return sparse_ops.sparse_decode(code.values, code.indices, self.W_dec, self.b_dec,
-                                        self.backend, lengths=code.lengths)
+                                        self.backend, offsets=code.offsets)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -422,8 +410,8 @@ class TopAFATrainable(SparseCodeSAE):
     """top-AFA: per-token k(x) by norm matching, plus the AFA loss (see saes.topafa).
 
     sparse_ops.topafa_encode (no encoder bias) returns each token's kept latents as flat bags
-    (no padding), so decode and backward cost each token its own k(x). On the cpu backend the cut is
-    exact over the whole dictionary; elsewhere it starts from the top `width` candidates (twice
+    (no padding), so decode and backward cost each token its own k(x). On the cpu backend the
+    cut is exact over the whole dictionary; elsewhere it starts from the top `width` candidates (twice
     the last batch's 99th-percentile k(x)) and redoes only the rows that keep all of them.
     """
 
